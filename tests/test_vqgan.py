@@ -1,0 +1,71 @@
+"""VQModel on Lightning 2: step counting, disc_start, accumulation, public checkpoints."""
+import os
+
+import pytest
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.callbacks import Callback
+from torch.utils.data import DataLoader
+
+from ilat_ext.data import ToyFaces
+from ilat_ext.models import VQModel
+from tests.helpers import tiny_ddconfig, tiny_vq_lossconfig
+
+IMAGENET_F16 = dict(double_z=False, z_channels=256, resolution=256, in_channels=3, out_ch=3, ch=128,
+                    ch_mult=[1, 1, 2, 2, 4], num_res_blocks=2, attn_resolutions=[16], dropout=0.0)
+
+
+class Recorder(Callback):
+    def __init__(self, snapshot_at=None):
+        self.batches, self.disc_factor, self.snapshot_at, self.snapshot = 0, {}, snapshot_at, None
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.batches += 1
+        self.disc_factor[trainer.global_step] = float(trainer.callback_metrics["train/disc_factor_step"])
+        if trainer.global_step == self.snapshot_at:
+            self.snapshot = {k: v.clone() for k, v in pl_module.loss.discriminator.state_dict().items()}
+
+
+def _fit(model, max_steps, accumulate=1, batch_size=2, snapshot_at=None):
+    data = DataLoader(ToyFaces(size=32, length=64, mask=False), batch_size=batch_size)
+    rec = Recorder(snapshot_at)
+    trainer = pl.Trainer(max_steps=max_steps, accelerator="cpu", logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, callbacks=[rec])
+    model.accumulate_grad_batches = accumulate
+    trainer.fit(model, data)
+    return trainer, rec
+
+
+def _tiny(disc_start=0, **kw):
+    torch.manual_seed(0)
+    return VQModel(tiny_ddconfig(), tiny_vq_lossconfig(disc_start), n_embed=32, embed_dim=8, learning_rate=1e-3, **kw)
+
+
+def test_one_global_step_per_batch_and_disc_start_keeps_its_meaning():
+    model = _tiny(disc_start=3)
+    disc0 = {k: v.clone() for k, v in model.loss.discriminator.state_dict().items()}
+    trainer, rec = _fit(model, max_steps=6, snapshot_at=3)
+    assert trainer.global_step == 6 and rec.batches == 6  # upstream: one step per batch, not two
+    # the loss sees the step count before the update: batches 1-3 run at steps 0-2 < disc_start
+    assert rec.disc_factor == {1: 0.0, 2: 0.0, 3: 0.0, 4: 1.0, 5: 1.0, 6: 1.0}
+    learnable = [k for k in disc0 if k.endswith("weight") or k.endswith("bias")]
+    assert all(torch.equal(disc0[k], rec.snapshot[k]) for k in learnable)  # untouched before disc_start
+    disc6 = model.loss.discriminator.state_dict()
+    assert any(not torch.equal(rec.snapshot[k], disc6[k]) for k in learnable)  # trained after it
+
+
+def test_accumulation_counts_optimizer_steps():
+    model = _tiny(disc_start=0)
+    trainer, rec = _fit(model, max_steps=3, accumulate=2)
+    assert trainer.global_step == 3 and rec.batches == 6
+
+
+def test_learning_rate_must_be_set_and_decays_when_asked():
+    model = VQModel(tiny_ddconfig(), tiny_vq_lossconfig(), n_embed=32, embed_dim=8)
+    with pytest.raises(ValueError, match="learning_rate is not set"):
+        model.configure_optimizers()
+    model = _tiny(lr_decay_every=2, lr_decay_factor=0.5)
+    trainer, _ = _fit(model, max_steps=4)
+    assert [o.param_groups[0]["lr"] for o in trainer.optimizers] == [2.5e-4, 2.5e-4]
+    with pytest.raises(ValueError, match="lr_decay_every"):
+        _tiny(lr_decay_every=0)
