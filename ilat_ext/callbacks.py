@@ -52,8 +52,8 @@ def _to_uint8_grid(images: torch.Tensor, nrow: int) -> np.ndarray:
     """(N, C, H, W) in [-1, 1] -> (H', W', C) uint8 grid; one-channel images stay grey."""
     grid = torchvision.utils.make_grid(images, nrow=nrow, padding=2, pad_value=1.0)
     grid = ((grid + 1.0) / 2.0).clamp(0, 1)
-    grid = grid.permute(1, 2, 0).numpy()
-    return (grid * 255).round().astype(np.uint8)
+    grid = (grid.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+    return grid[..., 0] if grid.shape[-1] == 1 else grid
 
 
 def overview_grid(images: Mapping[str, torch.Tensor]) -> Tuple[torch.Tensor, int]:
@@ -120,7 +120,7 @@ class ImageLogger(Callback):
         os.makedirs(root, exist_ok=True)
         stem = f"gs-{global_step:06}_e-{current_epoch:06}_b-{batch_idx:06}"
         for key, value in images.items():
-            Image.fromarray(_to_uint8_grid(value, nrow=4).squeeze(-1)).save(os.path.join(root, f"{key}_{stem}.png"))
+            Image.fromarray(_to_uint8_grid(value, nrow=4)).save(os.path.join(root, f"{key}_{stem}.png"))
         panel, ncols = overview_grid(images)
         Image.fromarray(_to_uint8_grid(panel, nrow=ncols)).save(os.path.join(root, f"overview_{stem}.png"))
 
@@ -188,7 +188,8 @@ class ImageLogger(Callback):
 
 
 class SignalCheckpoint(Callback):
-    """SIGUSR1 saves `last.ckpt` at the end of the current training batch (upstream's `melk`).
+    """SIGUSR1 saves `last.ckpt` at the end of the current training batch (upstream's `melk`);
+    so does an exception or Ctrl-C during fit, so that `--resume` can pick the run up.
 
     The handler only sets a flag: saving from inside a signal handler could interleave with an
     optimizer step. Under DDP every rank agrees on the flag before saving.
@@ -214,6 +215,11 @@ class SignalCheckpoint(Callback):
         if self._previous is not None:
             signal.signal(self.signum, self._previous)
             self._previous = None
+
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        if trainer.global_step > 0:
+            print(f"{type(exception).__name__} during fit: saving {self.ckpt_path}")
+            trainer.save_checkpoint(self.ckpt_path)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         requested = self._requested

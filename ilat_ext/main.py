@@ -214,7 +214,7 @@ def _strategy_for(trainer_config: dict, model) -> object:
 
 
 def _learning_rate(config: DictConfig, trainer_config: dict, model) -> None:
-    if "base_learning_rate" not in config.model:
+    if config.model.get("base_learning_rate") is None:
         raise KeyError("model.base_learning_rate is missing from the config")
     if "batch_size" not in config.data.get("params", {}):
         raise KeyError("data.params.batch_size is missing from the config")
@@ -300,7 +300,8 @@ def main(argv: Optional[Sequence[str]] = None) -> Trainer:
 
     modelckpt_cfg = OmegaConf.create({"target": "pytorch_lightning.callbacks.ModelCheckpoint",
                                       "params": {"dirpath": ckptdir, "filename": "{epoch:06}", "verbose": True,
-                                                 "save_last": True, "save_on_train_epoch_end": True}})
+                                                 "save_last": True, "save_on_train_epoch_end": True,
+                                                 "enable_version_counter": False}})
     if getattr(model, "monitor", None):
         print(f"Monitoring {model.monitor} as checkpoint metric.")
         modelckpt_cfg.params.monitor = model.monitor
@@ -312,7 +313,6 @@ def main(argv: Optional[Sequence[str]] = None) -> Trainer:
     callbacks = [instantiate_from_config(callbacks_cfg[k]) for k in callbacks_cfg]
     callbacks.append(instantiate_from_config(modelckpt_cfg))
     callbacks.append(SignalCheckpoint(os.path.join(ckptdir, "last.ckpt")))
-    callbacks.append(pl.callbacks.OnExceptionCheckpoint(dirpath=ckptdir, filename="last"))
     trainer_kwargs["callbacks"] = callbacks
     trainer_kwargs["plugins"] = [ckpt_io.SafeCheckpointIO(unsafe=opt.unsafe_load)]
     trainer_kwargs.setdefault("default_root_dir", logdir)

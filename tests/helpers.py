@@ -45,7 +45,7 @@ class SendSignalAt(Callback):
                 f.write(str(step))
 
 
-def tiny_ddconfig(resolution: int = 32, ch: int = 16, ch_mult=(1, 2), z_channels: int = 16, attn=(16,)) -> dict:
+def tiny_ddconfig(resolution: int = 32, ch: int = 32, ch_mult=(1, 2), z_channels: int = 16, attn=(16,)) -> dict:
     return dict(double_z=False, z_channels=z_channels, resolution=resolution, in_channels=3, out_ch=3, ch=ch,
                 ch_mult=list(ch_mult), num_res_blocks=1, attn_resolutions=list(attn), dropout=0.0)
 

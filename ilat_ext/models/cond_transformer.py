@@ -15,6 +15,7 @@ checkpoints load. What differs, and why:
 from typing import Optional, Sequence, Tuple
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 import ilat_ext.compat  # noqa: F401  (makes taming.models importable on Lightning 2)
@@ -106,6 +107,14 @@ class TamingTransformer(CheckpointMixin, _UpstreamNet2Net):
             self.cond_stage_model = SOSProvider(self.sos_token)
         else:
             self.cond_stage_model = freeze(instantiate_from_config(config))
+
+    @torch.no_grad()
+    def encode_to_c(self, c: torch.Tensor):
+        """c: (B, C, H, W) -> (quant_c or None, indices (B, n)); works for SOSProvider too."""
+        if self.downsample_cond_size > -1:
+            c = F.interpolate(c, size=(self.downsample_cond_size, self.downsample_cond_size))
+        quant_c, _, info = self.cond_stage_model.encode(c)
+        return quant_c, info[2].view(c.shape[0], -1)
 
     def configure_optimizers(self):
         if self.learning_rate is None:
