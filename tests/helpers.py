@@ -10,14 +10,17 @@ TOY_VQGAN = os.path.join(REPO, "configs", "toy", "vqgan.yaml")
 
 
 class RankWeightsDump(Callback):
-    """Saves every rank's weights at the start and the end of fit to out_dir/rank<r>_{start,end}.pt."""
+    """Saves every rank's parameters at the start and the end of fit to out_dir/rank<r>_{start,end}.pt.
+
+    Parameters, not buffers: BatchNorm running statistics are per process under DDP unless
+    `sync_batchnorm` is set (as in any DDP run; the checkpoint holds rank 0's)."""
 
     def __init__(self, out_dir: str):
         self.out_dir = out_dir
 
     def _dump(self, trainer, pl_module, tag: str) -> None:
         os.makedirs(self.out_dir, exist_ok=True)
-        state = {k: v.detach().cpu().clone() for k, v in pl_module.state_dict().items()}
+        state = {k: v.detach().cpu().clone() for k, v in pl_module.named_parameters()}
         torch.save({"state_dict": state, "global_step": trainer.global_step, "world_size": trainer.world_size},
                    os.path.join(self.out_dir, f"rank{trainer.global_rank}_{tag}.pt"))
 

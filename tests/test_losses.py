@@ -8,7 +8,6 @@ import os
 import types
 
 import pytest
-import requests
 import torch
 import torch.nn as nn
 import torchvision
@@ -23,19 +22,6 @@ from ilat_ext.modules.losses import VQLPIPSWithDiscriminator
 
 # ----------------------------------------------------------------------------- fixtures
 
-@pytest.fixture(autouse=True)
-def no_network(monkeypatch):
-    def refuse(*args, **kwargs):
-        raise AssertionError(f"download attempted: args={args!r}")
-
-    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", refuse)
-    monkeypatch.setattr(torch.hub, "download_url_to_file", refuse)
-    monkeypatch.setattr(requests, "get", refuse)
-    # torchvision binds its own name at import time.
-    import torchvision.models._api as tv_api
-    monkeypatch.setattr(tv_api, "load_state_dict_from_url", refuse, raising=False)
-
-
 @pytest.fixture
 def empty_env(tmp_path, monkeypatch):
     """No weight file anywhere: env dir, HOME, TORCH_HOME and cwd all point at empty tmp dirs."""
@@ -49,31 +35,6 @@ def empty_env(tmp_path, monkeypatch):
     monkeypatch.delenv("TORCH_HUB", raising=False)
     monkeypatch.chdir(dirs["cwd"])
     return dirs
-
-
-@pytest.fixture(scope="session")
-def fake_weights(tmp_path_factory):
-    """A dir holding a torchvision-VGG16-shaped state_dict and a random LPIPS `vgg.pth`."""
-    root = tmp_path_factory.mktemp("weights")
-    g = torch.Generator().manual_seed(0)
-    # Same keys and shapes as torchvision's file. Built on meta and filled by hand: the real
-    # initialiser spends seconds on the 120M-parameter classifier, which LPIPS ignores.
-    with torch.device("meta"):
-        vgg = torchvision.models.vgg16(weights=None)
-    vgg_sd = {}
-    for k, v in vgg.state_dict().items():
-        if k.startswith("features.") and v.dim() == 4:
-            fan_out = v.shape[0] * v.shape[2] * v.shape[3]
-            vgg_sd[k] = torch.randn(v.shape, generator=g) * (2.0 / fan_out) ** 0.5
-        elif k.startswith("features."):
-            vgg_sd[k] = 0.1 * torch.randn(v.shape, generator=g)
-        else:
-            vgg_sd[k] = torch.zeros(v.shape)
-    torch.save(vgg_sd, root / VGG16_FILE)
-    lin_sd = {f"lin{i}.model.1.weight": torch.rand(1, c, 1, 1, generator=g)
-              for i, c in enumerate((64, 128, 256, 512, 512))}
-    torch.save(lin_sd, root / LIN_FILE)
-    return types.SimpleNamespace(dir=root, vgg=vgg_sd, lin=lin_sd)
 
 
 def make_lpips(**kwargs):

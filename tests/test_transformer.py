@@ -1,5 +1,4 @@
 """TamingTransformer (Lightning-2 Net2NetTransformer): training, frozen stages, param groups, loading."""
-import pytest
 import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader

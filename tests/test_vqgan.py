@@ -1,5 +1,4 @@
 """VQModel on Lightning 2: step counting, disc_start, accumulation, public checkpoints."""
-import os
 
 import pytest
 import pytorch_lightning as pl
@@ -69,3 +68,64 @@ def test_learning_rate_must_be_set_and_decays_when_asked():
     assert [o.param_groups[0]["lr"] for o in trainer.optimizers] == [2.5e-4, 2.5e-4]
     with pytest.raises(ValueError, match="lr_decay_every"):
         _tiny(lr_decay_every=0)
+
+
+def _public_imagenet_checkpoint(path, fake_weights):
+    """The public ImageNet VQGAN f16-1024 layout, built from upstream's own classes: Lightning-1.x
+    metadata and a `callbacks` dict keyed by the ModelCheckpoint class object."""
+    import ilat_ext  # noqa: F401  (upstream taming.models importable)
+    from pytorch_lightning.callbacks import ModelCheckpoint
+    from taming.models.vqgan import VQModel as UpstreamVQModel
+    from taming.modules.discriminator.model import NLayerDiscriminator, weights_init
+
+    from ilat_ext.modules.lpips import LPIPS
+
+    torch.manual_seed(0)
+    upstream = UpstreamVQModel(IMAGENET_F16, {"target": "taming.modules.losses.vqperceptual.DummyLoss"},
+                               n_embed=1024, embed_dim=256)
+    state = dict(upstream.state_dict())
+    disc = NLayerDiscriminator(input_nc=3, n_layers=2, ndf=64).apply(weights_init)
+    state.update({f"loss.discriminator.{k}": v for k, v in disc.state_dict().items()})
+    with pytest.warns(UserWarning):  # the fake vgg.pth does not have the real md5
+        lpips = LPIPS(weights_dir=str(fake_weights.dir))
+    state.update({f"loss.perceptual_loss.{k}": v for k, v in lpips.state_dict().items()})
+    torch.save({"state_dict": state, "epoch": 3, "global_step": 123456, "pytorch-lightning_version": "1.0.8",
+                "callbacks": {ModelCheckpoint: {"best_model_score": torch.tensor(0.5), "best_model_path": "x.ckpt"}},
+                "optimizer_states": [{"state": {0: {"exp_avg": torch.zeros(3)}},
+                                      "param_groups": [{"lr": 4.5e-6, "betas": (0.5, 0.9), "params": [0]}]}],
+                "lr_schedulers": []}, path)
+    return upstream.eval()
+
+
+def _imagenet_loss(perceptual_weight, fake_weights):
+    return {"target": "ilat_ext.modules.losses.VQLPIPSWithDiscriminator",
+            "params": {"disc_start": 250001, "disc_num_layers": 2, "perceptual_weight": perceptual_weight,
+                       "lpips_weights_dir": str(fake_weights.dir)}}
+
+
+def test_public_imagenet_checkpoint_loads_and_reconstructs_like_upstream(tmp_path, fake_weights):
+    path = tmp_path / "last.ckpt"
+    upstream = _public_imagenet_checkpoint(path, fake_weights)
+    with pytest.raises(Exception):
+        torch.load(path, weights_only=True)  # why the safe loader exists
+
+    with pytest.warns(UserWarning):
+        ours = VQModel(IMAGENET_F16, _imagenet_loss(1.0, fake_weights), n_embed=1024, embed_dim=256,
+                       ckpt_path=str(path)).eval()
+    assert ours.ckpt_load_report.missing == [] and ours.ckpt_load_report.unexpected == []
+
+    face = torch.from_numpy(ToyFaces(size=64, length=2, split="test", mask=False)[1]["image"]).permute(2, 0, 1)[None]
+    with torch.no_grad():
+        rec_up, _ = upstream(face)
+        rec_ours, _ = ours(face)
+        _, _, (_, _, idx_up) = upstream.encode(face)
+        _, _, (_, _, idx_ours) = ours.encode(face)
+    assert torch.equal(idx_up, idx_ours)
+    torch.testing.assert_close(rec_ours, rec_up, rtol=0, atol=1e-6)
+
+    # Without the perceptual term, only its (reported, not hidden) keys are left over.
+    no_lpips = VQModel(IMAGENET_F16, _imagenet_loss(0.0, fake_weights), n_embed=1024, embed_dim=256,
+                       ckpt_path=str(path))
+    report = no_lpips.ckpt_load_report
+    assert report.missing == []
+    assert report.unexpected and all(k.startswith("loss.perceptual_loss.") for k in report.unexpected)
