@@ -122,6 +122,8 @@ class ImageLogger(Callback):
         for key, value in images.items():
             Image.fromarray(_to_uint8_grid(value, nrow=4)).save(os.path.join(root, f"{key}_{stem}.png"))
         panel, ncols = overview_grid(images)
+        if panel.shape[-1] < 128:  # small toy images: enlarge so a person can see them
+            panel = torch.nn.functional.interpolate(panel, scale_factor=128 // panel.shape[-1], mode="nearest")
         Image.fromarray(_to_uint8_grid(panel, nrow=ncols)).save(os.path.join(root, f"overview_{stem}.png"))
 
     def log_img(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch, batch_idx: int, split: str) -> None:

@@ -323,7 +323,8 @@ def main(argv: Optional[Sequence[str]] = None) -> Trainer:
 
     try:
         if opt.train:
-            trainer.fit(model, data, ckpt_path=ckpt_for_resume)
+            # weights_only=True only tells Lightning what SafeCheckpointIO does anyway (it decides).
+            trainer.fit(model, data, ckpt_path=ckpt_for_resume, weights_only=not opt.unsafe_load)
         has_test = "test" in getattr(data, "dataset_configs", {})
         if not opt.no_test and not trainer.interrupted and has_test and _overrides(model, "test_step"):
             trainer.test(model, data)
