@@ -13,6 +13,12 @@ separate streams, so switching masks on or off (or changing their settings) leav
 
 `make_face(rng, size)` is the drawing function on its own, for sketch extraction and editing
 demos; with `return_params=True` it also says where it put the eyes, nose and mouth.
+
+With `sketch=True` items also carry the face's XDoG sketch. It is computed from the supersampled
+drawing (256 px for a 64-px face) with the release's XDoG constants and shrunk like the face,
+i.e. the release's pipeline (XDoG at source resolution, then resize) with the drawing as the
+source; see `ilat_ext.data.sketch.sketch_from_canvas` for why not XDoG on the 64-px face itself.
+The sketch is a function of the face alone, so it is as deterministic as the face.
 """
 import colorsys
 import math
@@ -23,6 +29,7 @@ import numpy as np
 import torch
 
 from ilat_ext.data.masks import free_form_mask, mask_with_mode, validate_area_range, validate_mode_probs
+from ilat_ext.data.sketch import sketch_from_canvas, sketch_to_tensor_layout
 
 SPLITS = ("train", "validation", "test")
 # Arbitrary constant that keeps these streams apart from other seeded generators in the project.
@@ -411,6 +418,16 @@ def make_face(
             "nose_style", "mouth_style", "accessories" (subset of glasses/sunglasses/hat/
             moustache/beard/goatee/blush), plus "skin", "hair_colour", "eyes_closed".
     """
+    image, _, params = _render_face(rng, size)
+    return (image, params) if return_params else image
+
+
+def _render_face(rng: np.random.Generator, size: int) -> Tuple[np.ndarray, np.ndarray, Dict[str, Any]]:
+    """`make_face`'s drawing: (image (size, size, 3) uint8, canvas (ss*size, ss*size, 3) uint8, params).
+
+    `canvas` is the supersampled drawing before the INTER_AREA shrink and the film grain; the
+    sketch of a toy face is computed from it (see `ilat_ext.data.sketch.sketch_from_canvas`).
+    """
     if not isinstance(size, (int, np.integer)) or isinstance(size, bool) or size < 16:
         raise ValueError(f"size must be an integer >= 16, got {size!r}")
     ss = 4 if size <= 64 else 2  # supersampling factor
@@ -469,14 +486,13 @@ def make_face(
         _draw_hat(rng, img, head, C)
         accessories.append("hat")
 
-    img = cv2.resize(img, (size, size), interpolation=cv2.INTER_AREA)
+    canvas = img
+    img = cv2.resize(canvas, (size, size), interpolation=cv2.INTER_AREA)
     # Film grain so flat regions are not perfectly flat.
     grain = rng.uniform(0.0, 4.0)
     if grain > 0.5:
         noise = rng.standard_normal(img.shape, dtype=np.float32) * np.float32(grain)
         img = np.clip(img + noise, 0, 255).astype(np.uint8)
-    if not return_params:
-        return img
 
     def out(p):
         return (float(p[0]) / ss, float(p[1]) / ss)
@@ -498,7 +514,7 @@ def make_face(
         "skin": _c(skin),
         "hair_colour": _c(hair),
     }
-    return img, params
+    return img, canvas, params
 
 
 # ------------------------------------------------------------------------------------- dataset
@@ -510,6 +526,7 @@ class ToyFaces(torch.utils.data.Dataset):
     Items are dicts:
         "image": float32 (size, size, 3) in [-1, 1] (RGB),
         "mask": float32 (size, size, 1) in {0, 1}, 1 = region to edit (only if `mask`),
+        "sketch": float32 (size, size, 1) in [-1, 1], +1 = paper, -1 = ink (only if `sketch`),
         "index": int.
 
     Args:
@@ -521,6 +538,7 @@ class ToyFaces(torch.utils.data.Dataset):
         mask_area: (low, high) masked fraction of partial (free-form) masks.
         mask_modes: None for always-partial masks, or {"partial": p, "empty": q, "full": r}
             (see `ilat_ext.data.masks.mask_with_mode`).
+        sketch: add a "sketch" entry, the XDoG sketch of the face (see `sketch_of`).
     """
 
     def __init__(
@@ -532,6 +550,7 @@ class ToyFaces(torch.utils.data.Dataset):
         mask: bool = True,
         mask_area: Tuple[float, float] = (0.05, 0.3),
         mask_modes: Optional[Mapping[str, float]] = None,
+        sketch: bool = False,
     ):
         super().__init__()
         if not isinstance(size, (int, np.integer)) or isinstance(size, bool) or not (32 <= size <= 256) or size % 16:
@@ -544,6 +563,9 @@ class ToyFaces(torch.utils.data.Dataset):
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
         if not isinstance(mask, bool):
             raise ValueError(f"mask must be True or False, got {mask!r}")
+        if not isinstance(sketch, bool):
+            raise ValueError(f"sketch must be True or False, got {sketch!r}")
+        self.sketch = sketch
         self.size, self.length, self.seed, self.split, self.mask = int(size), int(length), int(seed), split, mask
         self.mask_area = validate_area_range(mask_area)
         self.mask_modes = None if mask_modes is None else validate_mode_probs(mask_modes)
@@ -558,6 +580,11 @@ class ToyFaces(torch.utils.data.Dataset):
         """The uint8 (size, size, 3) face of item `index` (and its params); same as in `__getitem__`."""
         return make_face(self._rng(self._check_index(index), _FACE_STREAM), self.size, return_params)
 
+    def sketch_of(self, index: int) -> np.ndarray:
+        """The uint8 (size, size) sketch of item `index`, dark lines on white; the "sketch" entry in uint8."""
+        _, canvas, _ = _render_face(self._rng(self._check_index(index), _FACE_STREAM), self.size)
+        return sketch_from_canvas(canvas, self.size)
+
     def _check_index(self, index) -> int:
         if not isinstance(index, (int, np.integer)) or isinstance(index, bool):
             raise TypeError(f"index must be an integer, got {index!r}")
@@ -570,8 +597,10 @@ class ToyFaces(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> Dict[str, Any]:
         index = self._check_index(index)
-        face = make_face(self._rng(index, _FACE_STREAM), self.size)
+        face, canvas, _ = _render_face(self._rng(index, _FACE_STREAM), self.size)
         item = {"image": face.astype(np.float32) / 127.5 - 1.0, "index": index}
+        if self.sketch:
+            item["sketch"] = sketch_to_tensor_layout(sketch_from_canvas(canvas, self.size))
         if self.mask:
             rng = self._rng(index, _MASK_STREAM)
             if self.mask_modes is None:
@@ -584,5 +613,6 @@ class ToyFaces(torch.utils.data.Dataset):
     def __repr__(self) -> str:
         return (
             f"{type(self).__name__}(size={self.size}, length={self.length}, seed={self.seed}, "
-            f"split={self.split!r}, mask={self.mask}, mask_area={self.mask_area}, mask_modes={self.mask_modes})"
+            f"split={self.split!r}, mask={self.mask}, mask_area={self.mask_area}, mask_modes={self.mask_modes}, "
+            f"sketch={self.sketch})"
         )

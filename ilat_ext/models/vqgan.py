@@ -10,14 +10,20 @@ names are upstream's, so public checkpoints load unchanged. What differs, and wh
 - `learning_rate` can be passed in; main.py still sets it from `base_learning_rate` as upstream.
 - Optional step decay of the learning rate (`lr_decay_every`, `lr_decay_factor`).
 - `init_from_ckpt` goes through the safe loader and reports missing/unexpected keys.
+- The encoder and decoder classes are class attributes (`encoder_cls`, `decoder_cls`), so
+  subclasses such as TSVQModel swap them without building upstream's first.
 """
 from typing import Optional, Sequence, Tuple
 
+import pytorch_lightning as pl
 import torch
 import ilat_ext.compat  # noqa: F401  (makes taming.models importable on Lightning 2)
 from taming.models.vqgan import VQModel as _UpstreamVQModel
+from taming.modules.diffusionmodules.model import Decoder, Encoder
+from taming.modules.vqvae.quantize import VectorQuantizer
 
 from ilat_ext.models.base import CheckpointMixin
+from ilat_ext.util import instantiate_from_config
 
 
 class VQModel(CheckpointMixin, _UpstreamVQModel):
@@ -29,15 +35,30 @@ class VQModel(CheckpointMixin, _UpstreamVQModel):
 
     # A GAN step leaves the discriminator out of the generator's backward pass and vice versa.
     ddp_find_unused_parameters = True
+    # Subclasses swap the autoencoder's halves (TSVQModel: two-stream encoder).
+    encoder_cls = Encoder
+    decoder_cls = Decoder
 
     def __init__(self, ddconfig, lossconfig, n_embed: int, embed_dim: int, ckpt_path: Optional[str] = None,
                  ignore_keys: Sequence[str] = (), image_key: str = "image", colorize_nlabels: Optional[int] = None,
                  monitor: Optional[str] = None, learning_rate: Optional[float] = None,
                  adam_betas: Tuple[float, float] = (0.5, 0.9), lr_decay_every: Optional[int] = None,
                  lr_decay_factor: float = 0.5):
-        super().__init__(ddconfig=dict(ddconfig), lossconfig=lossconfig, n_embed=n_embed, embed_dim=embed_dim,
-                         ckpt_path=None, ignore_keys=[], image_key=image_key, colorize_nlabels=colorize_nlabels,
-                         monitor=monitor)
+        # Upstream's __init__, with the encoder/decoder classes as hooks (so subclasses do not
+        # build modules only to throw them away) and without its checkpoint loading.
+        pl.LightningModule.__init__(self)
+        ddconfig = dict(ddconfig)
+        self.image_key = image_key
+        self.encoder = self.encoder_cls(**ddconfig)
+        self.decoder = self.decoder_cls(**ddconfig)
+        self.loss = instantiate_from_config(lossconfig)
+        self.quantize = VectorQuantizer(n_embed, embed_dim, beta=0.25)
+        self.quant_conv = torch.nn.Conv2d(ddconfig["z_channels"], embed_dim, 1)
+        self.post_quant_conv = torch.nn.Conv2d(embed_dim, ddconfig["z_channels"], 1)
+        if colorize_nlabels is not None:
+            self.register_buffer("colorize", torch.randn(3, int(colorize_nlabels), 1, 1))
+        if monitor is not None:
+            self.monitor = monitor
         self.automatic_optimization = False
         self.learning_rate = learning_rate
         self.adam_betas = tuple(adam_betas)
@@ -87,10 +108,15 @@ class VQModel(CheckpointMixin, _UpstreamVQModel):
             optimizer.zero_grad(set_to_none=True)
         self.untoggle_optimizer(optimizer)
 
-    def training_step(self, batch, batch_idx):
-        opt_ae, opt_disc = self.optimizers()
+    def reconstruct_batch(self, batch):
+        """-> (x, xrec, codebook loss) for a batch; the one place subclasses change what goes in."""
         x = self.get_input(batch, self.image_key)
         xrec, qloss = self(x)
+        return x, xrec, qloss
+
+    def training_step(self, batch, batch_idx):
+        opt_ae, opt_disc = self.optimizers()
+        x, xrec, qloss = self.reconstruct_batch(batch)
         step = self.global_step
 
         aeloss, log_ae = self.loss(qloss, x, xrec, 0, step, last_layer=self.get_last_layer(), split="train")
@@ -107,8 +133,7 @@ class VQModel(CheckpointMixin, _UpstreamVQModel):
         self.log_dict(log_disc, on_step=True, on_epoch=True)
 
     def validation_step(self, batch, batch_idx):
-        x = self.get_input(batch, self.image_key)
-        xrec, qloss = self(x)
+        x, xrec, qloss = self.reconstruct_batch(batch)
         aeloss, log_ae = self.loss(qloss, x, xrec, 0, self.global_step, last_layer=self.get_last_layer(), split="val")
         discloss, log_disc = self.loss(qloss, x, xrec, 1, self.global_step, last_layer=self.get_last_layer(),
                                        split="val")
