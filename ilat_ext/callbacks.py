@@ -48,7 +48,7 @@ class SetupCallback(Callback):
         print(f"Lightning config saved to {lightning}")
 
 
-def _to_uint8_grid(images: torch.Tensor, nrow: int) -> np.ndarray:
+def to_uint8_grid(images: torch.Tensor, nrow: int) -> np.ndarray:
     """(N, C, H, W) in [-1, 1] -> (H', W', C) uint8 grid; one-channel images stay grey."""
     grid = torchvision.utils.make_grid(images, nrow=nrow, padding=2, pad_value=1.0)
     grid = ((grid + 1.0) / 2.0).clamp(0, 1)
@@ -80,6 +80,14 @@ def overview_grid(images: Mapping[str, torch.Tensor]) -> Tuple[torch.Tensor, int
         columns.append(x)
     panel = torch.stack(columns, dim=1)  # (N, K, 3, H, W)
     return panel.reshape(-1, *panel.shape[2:]), len(columns)
+
+
+def save_overview(images: Mapping[str, torch.Tensor], path: str, min_size: int = 128) -> None:
+    """Write `overview_grid(images)` as a PNG; small (toy) images are enlarged to `min_size`."""
+    panel, ncols = overview_grid(images)
+    if panel.shape[-1] < min_size:
+        panel = torch.nn.functional.interpolate(panel, scale_factor=min_size // panel.shape[-1], mode="nearest")
+    Image.fromarray(to_uint8_grid(panel, nrow=ncols)).save(path)
 
 
 class ImageLogger(Callback):
@@ -120,11 +128,8 @@ class ImageLogger(Callback):
         os.makedirs(root, exist_ok=True)
         stem = f"gs-{global_step:06}_e-{current_epoch:06}_b-{batch_idx:06}"
         for key, value in images.items():
-            Image.fromarray(_to_uint8_grid(value, nrow=4)).save(os.path.join(root, f"{key}_{stem}.png"))
-        panel, ncols = overview_grid(images)
-        if panel.shape[-1] < 128:  # small toy images: enlarge so a person can see them
-            panel = torch.nn.functional.interpolate(panel, scale_factor=128 // panel.shape[-1], mode="nearest")
-        Image.fromarray(_to_uint8_grid(panel, nrow=ncols)).save(os.path.join(root, f"overview_{stem}.png"))
+            Image.fromarray(to_uint8_grid(value, nrow=4)).save(os.path.join(root, f"{key}_{stem}.png"))
+        save_overview(images, os.path.join(root, f"overview_{stem}.png"))
 
     def log_img(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch, batch_idx: int, split: str) -> None:
         if self.max_images <= 0 or not callable(getattr(pl_module, "log_images", None)):

@@ -48,6 +48,38 @@ class SendSignalAt(Callback):
                 f.write(str(step))
 
 
+IMAGENET_F16 = dict(double_z=False, z_channels=256, resolution=256, in_channels=3, out_ch=3, ch=128,
+                    ch_mult=[1, 1, 2, 2, 4], num_res_blocks=2, attn_resolutions=[16], dropout=0.0)
+
+
+def public_imagenet_checkpoint(path, fake_weights):
+    """The public ImageNet VQGAN f16-1024 layout, built from upstream's own classes: Lightning-1.x
+    metadata and a `callbacks` dict keyed by the ModelCheckpoint class object."""
+    import ilat_ext  # noqa: F401  (upstream taming.models importable)
+    import pytest
+    from pytorch_lightning.callbacks import ModelCheckpoint
+    from taming.models.vqgan import VQModel as UpstreamVQModel
+    from taming.modules.discriminator.model import NLayerDiscriminator, weights_init
+
+    from ilat_ext.modules.lpips import LPIPS
+
+    torch.manual_seed(0)
+    upstream = UpstreamVQModel(IMAGENET_F16, {"target": "taming.modules.losses.vqperceptual.DummyLoss"},
+                               n_embed=1024, embed_dim=256)
+    state = dict(upstream.state_dict())
+    disc = NLayerDiscriminator(input_nc=3, n_layers=2, ndf=64).apply(weights_init)
+    state.update({f"loss.discriminator.{k}": v for k, v in disc.state_dict().items()})
+    with pytest.warns(UserWarning):  # the fake vgg.pth does not have the real md5
+        lpips = LPIPS(weights_dir=str(fake_weights.dir))
+    state.update({f"loss.perceptual_loss.{k}": v for k, v in lpips.state_dict().items()})
+    torch.save({"state_dict": state, "epoch": 3, "global_step": 123456, "pytorch-lightning_version": "1.0.8",
+                "callbacks": {ModelCheckpoint: {"best_model_score": torch.tensor(0.5), "best_model_path": "x.ckpt"}},
+                "optimizer_states": [{"state": {0: {"exp_avg": torch.zeros(3)}},
+                                      "param_groups": [{"lr": 4.5e-6, "betas": (0.5, 0.9), "params": [0]}]}],
+                "lr_schedulers": []}, path)
+    return upstream.eval()
+
+
 def tiny_ddconfig(resolution: int = 32, ch: int = 32, ch_mult=(1, 2), z_channels: int = 16, attn=(16,)) -> dict:
     return dict(double_z=False, z_channels=z_channels, resolution=resolution, in_channels=3, out_ch=3, ch=ch,
                 ch_mult=list(ch_mult), num_res_blocks=1, attn_resolutions=list(attn), dropout=0.0)

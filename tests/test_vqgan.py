@@ -8,10 +8,8 @@ from torch.utils.data import DataLoader
 
 from ilat_ext.data import ToyFaces
 from ilat_ext.models import VQModel
-from tests.helpers import tiny_ddconfig, tiny_vq_lossconfig
+from tests.helpers import IMAGENET_F16, public_imagenet_checkpoint, tiny_ddconfig, tiny_vq_lossconfig
 
-IMAGENET_F16 = dict(double_z=False, z_channels=256, resolution=256, in_channels=3, out_ch=3, ch=128,
-                    ch_mult=[1, 1, 2, 2, 4], num_res_blocks=2, attn_resolutions=[16], dropout=0.0)
 
 
 class Recorder(Callback):
@@ -70,33 +68,6 @@ def test_learning_rate_must_be_set_and_decays_when_asked():
         _tiny(lr_decay_every=0)
 
 
-def _public_imagenet_checkpoint(path, fake_weights):
-    """The public ImageNet VQGAN f16-1024 layout, built from upstream's own classes: Lightning-1.x
-    metadata and a `callbacks` dict keyed by the ModelCheckpoint class object."""
-    import ilat_ext  # noqa: F401  (upstream taming.models importable)
-    from pytorch_lightning.callbacks import ModelCheckpoint
-    from taming.models.vqgan import VQModel as UpstreamVQModel
-    from taming.modules.discriminator.model import NLayerDiscriminator, weights_init
-
-    from ilat_ext.modules.lpips import LPIPS
-
-    torch.manual_seed(0)
-    upstream = UpstreamVQModel(IMAGENET_F16, {"target": "taming.modules.losses.vqperceptual.DummyLoss"},
-                               n_embed=1024, embed_dim=256)
-    state = dict(upstream.state_dict())
-    disc = NLayerDiscriminator(input_nc=3, n_layers=2, ndf=64).apply(weights_init)
-    state.update({f"loss.discriminator.{k}": v for k, v in disc.state_dict().items()})
-    with pytest.warns(UserWarning):  # the fake vgg.pth does not have the real md5
-        lpips = LPIPS(weights_dir=str(fake_weights.dir))
-    state.update({f"loss.perceptual_loss.{k}": v for k, v in lpips.state_dict().items()})
-    torch.save({"state_dict": state, "epoch": 3, "global_step": 123456, "pytorch-lightning_version": "1.0.8",
-                "callbacks": {ModelCheckpoint: {"best_model_score": torch.tensor(0.5), "best_model_path": "x.ckpt"}},
-                "optimizer_states": [{"state": {0: {"exp_avg": torch.zeros(3)}},
-                                      "param_groups": [{"lr": 4.5e-6, "betas": (0.5, 0.9), "params": [0]}]}],
-                "lr_schedulers": []}, path)
-    return upstream.eval()
-
-
 def _imagenet_loss(perceptual_weight, fake_weights):
     return {"target": "ilat_ext.modules.losses.VQLPIPSWithDiscriminator",
             "params": {"disc_start": 250001, "disc_num_layers": 2, "perceptual_weight": perceptual_weight,
@@ -105,7 +76,7 @@ def _imagenet_loss(perceptual_weight, fake_weights):
 
 def test_public_imagenet_checkpoint_loads_and_reconstructs_like_upstream(tmp_path, fake_weights):
     path = tmp_path / "last.ckpt"
-    upstream = _public_imagenet_checkpoint(path, fake_weights)
+    upstream = public_imagenet_checkpoint(path, fake_weights)
     with pytest.raises(Exception):
         torch.load(path, weights_only=True)  # why the safe loader exists
 

@@ -1,0 +1,365 @@
+"""Two-stream layers of the TS-VQGAN encoder (iLAT, Cao et al., NeurIPS 2021, Sec. 3.1, Eq. 2-3).
+
+Guarantee shared by every layer here: given the layer's input mask M' (B, 1, H, W) (1 = region to
+edit), the output at every position that is NOT masked at the output resolution depends only on
+input positions that are not masked. Stacked, they make an encoder whose unmasked latents are a
+function of the unmasked pixels alone; `tests/test_two_stream.py` checks it bit for bit in float64.
+
+- `TSConv2d` (Eq. 2-3): plain conv everywhere, except on the leaked ring M_l (positions whose
+  receptive field touches the mask, `ilat_ext.masks.leaked_ring`), which takes conv(F * (1 - M')).
+  The second stream is evaluated only at the ring positions (an im2col of those positions and one
+  matrix product), not as a second full convolution; when the ring is a large part of the map a
+  dense second convolution is cheaper and is used instead. Which path runs, and which positions
+  are computed, depends on the mask only, never on the features, so the guarantee is exact.
+- `MaskedGroupNorm`: statistics from unmasked positions only (the released iLAT code normalises
+  over the whole map, a weak global leak; FACTS.md Sec. 1). InstanceNorm is the case
+  num_groups == channels (`make_norm`).
+- `TSAttnBlock`: unmasked queries attend to unmasked keys only; masked queries attend to all.
+- `TSResnetBlock`, `TSDownsample`: taming's blocks built from the above.
+
+Parameter names equal those of the taming modules they replace (`weight`, `bias`, `norm1`,
+`conv1`, `nin_shortcut`, `q`, `k`, `v`, `proj_out`, ...), so state_dicts are interchangeable.
+Without a mask (or with an all-zero mask) every layer is exactly the plain layer.
+
+Masks passed to layers are bool or {0, 1} float (B, 1, H, W) at the layer's INPUT resolution
+and are not re-validated here (the encoder validates the pixel mask once). Inputs must be finite:
+a NaN or inf under the mask is multiplied by zero in some places, which gives NaN.
+"""
+from typing import Optional, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from taming.modules.diffusionmodules.model import nonlinearity
+
+from ilat_ext.masks import downsample_mask, leaked_ring
+
+NORM_TYPES = ("group", "instance")
+RING_MODES = ("auto", "sparse", "dense")
+
+
+# ----------------------------------------------------------------------------- helpers
+def _as_bool(mask: torch.Tensor) -> torch.Tensor:
+    return mask if mask.dtype == torch.bool else mask > 0
+
+
+def _check_layer_mask(x: torch.Tensor, mask: torch.Tensor, layer: str) -> None:
+    if mask.dim() != 4 or mask.shape[1] != 1 or mask.shape[0] != x.shape[0] or mask.shape[2:] != x.shape[2:]:
+        raise ValueError(f"{layer}: mask of shape {tuple(mask.shape)} does not fit input of shape {tuple(x.shape)}: "
+                         f"expected ({x.shape[0]}, 1, {x.shape[2]}, {x.shape[3]})")
+
+
+# ----------------------------------------------------------------------------- normalisation
+class MaskedGroupNorm(nn.GroupNorm):
+    """nn.GroupNorm whose statistics come from unmasked positions only.
+
+    Per sample and group, mean and (biased) variance are taken over the unmasked positions of the
+    group's channels, then applied to ALL positions (masked ones included), followed by the affine
+    transform. A sample whose mask is full has nothing to protect and uses plain statistics. With
+    no mask, or an all-zero mask, this is exactly nn.GroupNorm (the parent's forward runs).
+
+    forward(x (B, C, H, W), mask (B, 1, H, W) or None) -> (B, C, H, W).
+    """
+
+    def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        if mask is None:
+            return super().forward(x)
+        _check_layer_mask(x, mask, type(self).__name__)
+        mask = _as_bool(mask)
+        if not bool(mask.any()):
+            return super().forward(x)
+        B, C, H, W = x.shape
+        G, N = self.num_groups, H * W
+        full = mask.flatten(1).all(1)  # (B,) bool
+        keep = (~mask | full.view(B, 1, 1, 1)).to(x.dtype)  # (B, 1, H, W): positions giving statistics
+        count = keep.view(B, N).sum(1, keepdim=True) * (C // G)  # (B, 1)
+        # Sums over unmasked positions as a matrix-vector product (no (B, C, H, W) temporary).
+        # Masked entries meet an exact 0 weight, so the sums are bit-identical whatever they hold.
+        mean = torch.bmm(x.reshape(B, C, N), keep.view(B, N, 1)).view(B, G, C // G).sum(-1) / count  # (B, G)
+        mean_c = mean.repeat_interleave(C // G, 1).view(B, C, 1, 1)
+        # Two-pass variance (no E[x^2] - E[x]^2 cancellation) over the centred, masked values.
+        # Without autograd the one (B, C, H, W) buffer is reused in place for the output:
+        # allocating large tensors, not arithmetic, dominates a normalisation on CPU.
+        track = torch.is_grad_enabled() and (x.requires_grad or (self.affine and self.weight.requires_grad))
+        centred = x - mean_c
+        kept = centred * keep if track else centred.mul_(keep)
+        var = torch.linalg.vector_norm(kept.reshape(B, G, -1), dim=-1).square() / count  # (B, G)
+        scale = torch.rsqrt(var + self.eps).repeat_interleave(C // G, 1)  # (B, C)
+        if self.affine:
+            scale = scale * self.weight
+        shift = -mean_c.view(B, C) * scale + (self.bias if self.affine else 0)
+        if track:
+            return torch.addcmul(shift.view(B, C, 1, 1), x, scale.view(B, C, 1, 1))
+        return torch.addcmul(shift.view(B, C, 1, 1), x, scale.view(B, C, 1, 1), out=centred)
+
+
+def make_norm(channels: int, norm_type: str = "group") -> MaskedGroupNorm:
+    """The encoder's normalisation: "group" = taming's GroupNorm(32, eps 1e-6, affine); "instance" =
+    the same with one group per channel (the iLAT face preset). Parameters are `weight`, `bias`.
+
+    Example::
+
+        >>> make_norm(64, "instance").num_groups, make_norm(64).num_groups
+        (64, 32)
+    """
+    if norm_type not in NORM_TYPES:
+        raise ValueError(f"norm_type must be one of {NORM_TYPES}, got {norm_type!r}")
+    groups = 32 if norm_type == "group" else channels
+    return MaskedGroupNorm(num_groups=groups, num_channels=channels, eps=1e-6, affine=True)
+
+
+# ----------------------------------------------------------------------------- convolution
+class TSConv2d(nn.Conv2d):
+    """Two-stream convolution (Eq. 3), a drop-in nn.Conv2d: forward(x) alone is the plain conv.
+
+    forward(x (B, C, H, W), mask (B, 1, H, W) at the input resolution or None,
+            mask_out (B, 1, H_out, W_out) or None) -> (B, O, H_out, W_out)
+
+    Stream 1 = conv(x) everywhere; on the leaked ring M_l (Eq. 2, computed from the mask alone
+    by `ilat_ext.masks.leaked_ring` with this conv's kernel, stride, padding and dilation) the
+    output is replaced by stream 2 = conv(x * (1 - M')). `mask_out` defaults to
+    `downsample_mask(mask, stride)` (`output_mask`), which needs H_out = H / stride; convs with
+    other geometry (e.g. taming's Downsample, padded by hand) pass it explicitly.
+
+    Stream 2 is evaluated according to `ring_mode` (an attribute, not a parameter):
+    "sparse" gathers the receptive fields of the ring positions only (im2col on R positions, one
+    (O x K) @ (K x R) product, R ~ a few % of the map for free-form masks); "dense" runs a second
+    full convolution on x * (1 - M') (the naive form); "auto" (default) picks "dense" when the
+    ring exceeds `dense_fraction` of the output positions. All choices depend on the mask only.
+    Sparse and dense agree to rounding (the BLAS sums in a shape-dependent order); they are
+    bit-identical under any arithmetic that is local in the output position (see the tests).
+    """
+
+    ring_mode: str = "auto"
+    # The sparse product costs ~1.3x a dense conv per position (measured on CPU, 16-256 px maps);
+    # the dense form costs a second conv plus two full-size passes.
+    dense_fraction: float = 0.75
+    max_gather: int = 2 ** 22  # elements of gathered columns per matrix product (16 MiB in float32)
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.padding_mode != "zeros":
+            raise ValueError(f"TSConv2d supports padding_mode='zeros' only, got {self.padding_mode!r}")
+
+    # -- geometry (mask only)
+    @property
+    def pads(self) -> Tuple[int, int, int, int]:
+        """Zero padding as (left, right, top, bottom)."""
+        return tuple(int(p) for p in self._reversed_padding_repeated_twice)  # type: ignore[return-value]
+
+    def output_size(self, h: int, w: int) -> Tuple[int, int]:
+        left, right, top, bottom = self.pads
+        (kh, kw), (sh, sw), (dh, dw) = self.kernel_size, self.stride, self.dilation
+        return (h + top + bottom - dh * (kh - 1) - 1) // sh + 1, (w + left + right - dw * (kw - 1) - 1) // sw + 1
+
+    def output_mask(self, mask: torch.Tensor) -> torch.Tensor:
+        """M' at the output resolution: max-pool with kernel = stride (`ilat_ext.masks.downsample_mask`)."""
+        h, w = mask.shape[-2:]
+        sh, sw = self.stride
+        if h % sh or w % sw or self.output_size(h, w) != (h // sh, w // sw):
+            raise ValueError(f"TSConv2d(kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}) "
+                             f"maps {h}x{w} to {self.output_size(h, w)}, not to the input size / stride; "
+                             "pass mask_out explicitly")
+        return downsample_mask(mask, (sh, sw))
+
+    def leaked_ring(self, mask: torch.Tensor, mask_out: torch.Tensor) -> torch.Tensor:
+        """M_l (B, 1, H_out, W_out) bool for this conv's geometry (Eq. 2)."""
+        return leaked_ring(mask, mask_out, self.kernel_size, self.stride, self.pads, self.dilation)
+
+    # -- forward
+    def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None,
+                mask_out: Optional[torch.Tensor] = None) -> torch.Tensor:
+        if mask is None:
+            return self._conv_forward(x, self.weight, self.bias)
+        _check_layer_mask(x, mask, type(self).__name__)
+        mask = _as_bool(mask)
+        if mask_out is None:
+            if self.kernel_size == (1, 1) and self.pads == (0, 0, 0, 0):
+                # Each output reads one input, inside its own output cell: nothing can leak.
+                return self._conv_forward(x, self.weight, self.bias)
+            mask_out = self.output_mask(mask)
+        ring = self.leaked_ring(mask, _as_bool(mask_out))[:, 0]  # (B, H_out, W_out) bool
+        out = self._conv_forward(x, self.weight, self.bias)  # stream 1
+        n_ring = int(ring.sum())
+        if n_ring == 0:  # empty mask, full mask, or a ring hidden under mask_out
+            return out
+        mode = self.ring_mode
+        if mode not in RING_MODES:
+            raise ValueError(f"ring_mode must be one of {RING_MODES}, got {mode!r}")
+        if mode == "dense" or (mode == "auto" and n_ring > self.dense_fraction * ring.numel()):
+            stream2 = self._conv_forward(x.masked_fill(mask, 0), self.weight, self.bias)
+            return torch.where(ring[:, None], stream2, out)
+        b, oy, ox, values = self._ring_stream2(x, mask, ring)
+        out[b, :, oy, ox] = values  # (R, O) into (B, O, H_out, W_out)
+        return out
+
+    def _ring_stream2(self, x: torch.Tensor, mask: torch.Tensor, ring: torch.Tensor):
+        """Stream 2 at the ring positions only: returns (b, oy, ox) (R,) each and values (R, O)."""
+        B, C, H, W = x.shape
+        (kh, kw), (sh, sw), (dh, dw) = self.kernel_size, self.stride, self.dilation
+        left, _, top, _ = self.pads
+        w_out = ring.shape[-1]
+        idx = ring.reshape(B, -1).nonzero()  # (R, 2) sample, flat position; sorted by sample
+        b, pos = idx[:, 0], idx[:, 1]
+        oy, ox = pos // w_out, pos % w_out
+        iy = oy[:, None] * sh - top + torch.arange(kh, device=x.device) * dh  # (R, kh) input rows
+        ix = ox[:, None] * sw - left + torch.arange(kw, device=x.device) * dw  # (R, kw) input cols
+        inside = ((iy >= 0) & (iy < H))[:, :, None] & ((ix >= 0) & (ix < W))[:, None, :]  # (R, kh, kw)
+        flat = iy.clamp(0, H - 1)[:, :, None] * W + ix.clamp(0, W - 1)[:, None, :]  # (R, kh, kw)
+        # Zero padding and masked inputs both read as 0: this is F * (1 - M') of Eq. 3.
+        keep = inside & ~mask.reshape(B, -1)[b[:, None, None], flat]  # (R, kh, kw)
+        x_flat = x.reshape(B, C, H * W)
+        chunk = max(1, self.max_gather // (C * kh * kw))  # positions per product, bounds the columns' memory
+        values, start = [], 0
+        for sample, count in enumerate(torch.bincount(b, minlength=B).tolist()):
+            for lo in range(start, start + count, chunk):
+                taps = slice(lo, min(lo + chunk, start + count))
+                n = taps.stop - taps.start
+                # Columns ordered (c, kh, kw) x n, as weight.view(O, C * kh * kw) expects.
+                cols = x_flat[sample].index_select(1, flat[taps].permute(1, 2, 0).reshape(-1))  # (C, kh*kw*n)
+                cols = cols.masked_fill_(~keep[taps].permute(1, 2, 0).reshape(1, -1), 0)
+                values.append(self._contract(cols.view(C * kh * kw, n)))  # (O, n)
+            start += count
+        return b, oy, ox, torch.cat(values, 1).t()
+
+    def _contract(self, cols: torch.Tensor) -> torch.Tensor:
+        """(C/g * kh * kw * g, R) columns -> (O, R) outputs: the conv as a matrix product."""
+        O, g = self.out_channels, self.groups
+        weight = self.weight.reshape(g, O // g, -1)
+        cols = cols.view(g, -1, cols.shape[-1])
+        if self.bias is None:
+            return torch.bmm(weight, cols).view(O, -1)
+        return torch.baddbmm(self.bias.view(g, O // g, 1), weight, cols).view(O, -1)
+
+
+def two_stream_conv_reference(conv: nn.Conv2d, x: torch.Tensor, mask: torch.Tensor,
+                              mask_out: torch.Tensor) -> torch.Tensor:
+    """The naive Eq. 3 with two full convolutions, for tests and documentation:
+    conv(x) * (1 - M_l) + conv(x * (1 - M')) * M_l.
+
+    Example::
+
+        >>> conv = nn.Conv2d(1, 1, 3, padding=1, bias=False); _ = nn.init.ones_(conv.weight)
+        >>> x = torch.ones(1, 1, 3, 3); m = torch.zeros(1, 1, 3, 3); m[0, 0, 1, 1] = 1
+        >>> two_stream_conv_reference(conv, x, m, m)[0, 0]   # ring: in-bounds inputs minus the masked one
+        tensor([[3., 5., 3.],
+                [5., 9., 5.],
+                [3., 5., 3.]], grad_fn=<SelectBackward0>)
+    """
+    mask, mask_out = _as_bool(mask), _as_bool(mask_out)
+    ring = leaked_ring(mask, mask_out, conv.kernel_size, conv.stride,
+                       tuple(conv._reversed_padding_repeated_twice), conv.dilation)
+    return torch.where(ring, conv._conv_forward(x.masked_fill(mask, 0), conv.weight, conv.bias),
+                       conv._conv_forward(x, conv.weight, conv.bias))
+
+
+# ----------------------------------------------------------------------------- blocks
+class TSDownsample(nn.Module):
+    """taming's Downsample (pad (0, 1, 0, 1), then 3x3 stride-2 conv, or 2x2 average pooling).
+
+    forward(x (B, C, H, W), mask (B, 1, H, W) or None) -> (B, C, H/2, W/2). The output mask is
+    `downsample_mask(mask, 2)`; the conv's ring is computed on the mask padded like x. Average
+    pooling reads only the output cell's own 2 x 2 pixels and cannot leak.
+    """
+
+    def __init__(self, in_channels: int, with_conv: bool):
+        super().__init__()
+        self.with_conv = with_conv
+        if self.with_conv:
+            self.conv = TSConv2d(in_channels, in_channels, kernel_size=3, stride=2, padding=0)
+
+    def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        if not self.with_conv:
+            return F.avg_pool2d(x, kernel_size=2, stride=2)
+        pad = (0, 1, 0, 1)  # no asymmetric padding in torch conv (as upstream)
+        x_pad = F.pad(x, pad, mode="constant", value=0)
+        if mask is None:
+            return self.conv(x_pad)
+        _check_layer_mask(x, mask, type(self).__name__)
+        mask = _as_bool(mask)
+        return self.conv(x_pad, F.pad(mask, pad), downsample_mask(mask, 2))
+
+
+class TSResnetBlock(nn.Module):
+    """taming's ResnetBlock without the timestep embedding (the encoder has none), two-stream.
+
+    forward(x (B, C_in, H, W), mask (B, 1, H, W) or None) -> (B, C_out, H, W).
+    """
+
+    def __init__(self, *, in_channels: int, out_channels: Optional[int] = None, conv_shortcut: bool = False,
+                 dropout: float = 0.0, norm_type: str = "group"):
+        super().__init__()
+        self.in_channels = in_channels
+        out_channels = in_channels if out_channels is None else out_channels
+        self.out_channels = out_channels
+        self.use_conv_shortcut = conv_shortcut
+        self.norm1 = make_norm(in_channels, norm_type)
+        self.conv1 = TSConv2d(in_channels, out_channels, kernel_size=3, stride=1, padding=1)
+        self.norm2 = make_norm(out_channels, norm_type)
+        self.dropout = nn.Dropout(dropout)  # elementwise, its randomness is independent of x
+        self.conv2 = TSConv2d(out_channels, out_channels, kernel_size=3, stride=1, padding=1)
+        if self.in_channels != self.out_channels:
+            if self.use_conv_shortcut:
+                self.conv_shortcut = TSConv2d(in_channels, out_channels, kernel_size=3, stride=1, padding=1)
+            else:
+                self.nin_shortcut = TSConv2d(in_channels, out_channels, kernel_size=1, stride=1, padding=0)
+
+    def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        h = nonlinearity(self.norm1(x, mask))
+        h = self.conv1(h, mask)
+        h = self.dropout(nonlinearity(self.norm2(h, mask)))
+        h = self.conv2(h, mask)
+        if self.in_channels != self.out_channels:
+            x = self.conv_shortcut(x, mask) if self.use_conv_shortcut else self.nin_shortcut(x, mask)
+        return x + h
+
+
+class TSAttnBlock(nn.Module):
+    """taming's AttnBlock (single-head self-attention over H*W positions) with masked attention.
+
+    forward(x (B, C, H, W), mask (B, 1, H, W) or None) -> (B, C, H, W). Unmasked queries attend
+    to unmasked keys only; masked queries attend to all keys (they are the region being edited).
+    Computed per sample as two dense attentions, unmasked queries x unmasked keys and masked
+    queries x all keys, so no L x L mask is built and the work is |U|^2 + |M| L <= L^2. A full
+    or empty mask gives plain attention, and without a mask the arithmetic is upstream's,
+    operation for operation (bmm, scale, softmax, bmm).
+    """
+
+    def __init__(self, in_channels: int, norm_type: str = "group"):
+        super().__init__()
+        self.in_channels = in_channels
+        self.norm = make_norm(in_channels, norm_type)
+        self.q = nn.Conv2d(in_channels, in_channels, kernel_size=1, stride=1, padding=0)
+        self.k = nn.Conv2d(in_channels, in_channels, kernel_size=1, stride=1, padding=0)
+        self.v = nn.Conv2d(in_channels, in_channels, kernel_size=1, stride=1, padding=0)
+        self.proj_out = nn.Conv2d(in_channels, in_channels, kernel_size=1, stride=1, padding=0)
+
+    @staticmethod
+    def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """Upstream's attention maths: q (B, C, L_q), k and v (B, C, L_k) -> (B, C, L_q)."""
+        w_ = torch.bmm(q.permute(0, 2, 1), k) * (int(q.shape[1]) ** (-0.5))  # (B, L_q, L_k)
+        w_ = F.softmax(w_, dim=2)
+        return torch.bmm(v, w_.permute(0, 2, 1))
+
+    def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        h_ = self.norm(x, mask)
+        b, c, h, w = h_.shape
+        q, k, v = (layer(h_).reshape(b, c, h * w) for layer in (self.q, self.k, self.v))  # (B, C, L)
+        masked = None if mask is None else _as_bool(mask).reshape(b, h * w)  # (B, L)
+        if masked is None or not bool(masked.any()):
+            h_ = self.attend(q, k, v)
+        else:
+            samples = []
+            for i in range(b):
+                qi, ki, vi, mi = q[i:i + 1], k[i:i + 1], v[i:i + 1], masked[i]
+                n_masked = int(mi.sum())
+                if n_masked in (0, h * w):
+                    samples.append(self.attend(qi, ki, vi))
+                    continue
+                u, m = (~mi).nonzero()[:, 0], mi.nonzero()[:, 0]
+                # Unmasked queries see unmasked keys only: a function of unmasked features alone.
+                out_u = self.attend(qi[:, :, u], ki[:, :, u], vi[:, :, u])  # (1, C, |U|)
+                out_m = self.attend(qi[:, :, m], ki, vi)  # (1, C, |M|)
+                samples.append(torch.zeros_like(qi).index_copy(2, u, out_u).index_copy(2, m, out_m))
+            h_ = torch.cat(samples)
+        return x + self.proj_out(h_.reshape(b, c, h, w))
