@@ -226,7 +226,7 @@ class SignalCheckpoint(Callback):
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
         if trainer.global_step > 0:
             print(f"{type(exception).__name__} during fit: saving {self.ckpt_path}")
-            trainer.save_checkpoint(self.ckpt_path)
+            trainer.save_checkpoint(self.ckpt_path, weights_only=False)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         requested = self._requested
@@ -235,4 +235,4 @@ class SignalCheckpoint(Callback):
         if requested:
             self._requested = False
             print(f"Signal received: saving {self.ckpt_path}")
-            trainer.save_checkpoint(self.ckpt_path)
+            trainer.save_checkpoint(self.ckpt_path, weights_only=False)

@@ -119,7 +119,7 @@ def check_divisible(image_hw: Sequence[int], factor: int) -> None:
         >>> check_divisible((256, 192), 16)          # fine
         >>> check_divisible((250, 256), 16)
         Traceback (most recent call last):
-        ValueError: image size (250, 256) is not divisible by the downsampling factor 16; crop or pad it to a multiple of 16
+        ValueError: image size (250, 256) is not divisible by the downsampling factor 16; ...
     """
     h, w = (int(v) for v in image_hw)
     if factor < 1 or h % factor or w % factor:

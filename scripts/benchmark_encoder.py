@@ -15,6 +15,10 @@ libraries, allocator caches and the other encoder).
     python scripts/benchmark_encoder.py --config face --batch 2
     python scripts/benchmark_encoder.py --device cuda --repeats 20 --warmup 5
 
+On a shared CPU, --threads 1 gives steadier figures: with several threads every parallel region
+waits for all of them, and a core busy with another process stalls it; TSEncoder runs more (and
+smaller) operations than the plain Encoder, so it suffers more from that than from its extra work.
+
 The last line of output is one JSON object (`ts_over_plain_time_10pct`, `ts_over_plain_mem_10pct`,
 and the same for the other rates, plus the raw figures).
 """
@@ -32,7 +36,6 @@ from tqdm import tqdm
 
 from ilat_ext.data.masks import free_form_mask
 from ilat_ext.modules.encoder import TSEncoder
-from ilat_ext.modules.two_stream import make_norm
 
 CONFIGS: Dict[str, dict] = {
     # The public ImageNet VQGAN f16 (FACTS.md Sec. 2).
@@ -118,7 +121,7 @@ def main(argv: Optional[List[str]] = None) -> dict:
     parser.add_argument("--repeats", type=int, default=None, help="timed runs per encoder and rate "
                         "(default 3 on CPU, 20 on CUDA)")
     parser.add_argument("--warmup", type=int, default=None, help="untimed runs first (default 1 on CPU, 5 on CUDA)")
-    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU)")
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU); 1 is steadier on a shared machine")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
     args = parser.parse_args(argv)
@@ -177,7 +180,8 @@ def main(argv: Optional[List[str]] = None) -> dict:
     for row in rows:
         key = f"{round(100 * row['rate'])}pct"
         t_ratio = ratio(row["ts_ms"], row["plain_ms"])
-        line = f"{100 * row['rate']:5.0f}% {100 * row['mask_area']:5.1f}% {row['plain_ms']:10.1f} {row['ts_ms']:10.1f} {t_ratio:7.3f}"
+        line = (f"{100 * row['rate']:5.0f}% {100 * row['mask_area']:5.1f}% {row['plain_ms']:10.1f} "
+                f"{row['ts_ms']:10.1f} {t_ratio:7.3f}")
         result[f"ts_over_plain_time_{key}"] = round(t_ratio, 4)
         result[f"plain_ms_{key}"] = round(row["plain_ms"], 2)
         result[f"ts_ms_{key}"] = round(row["ts_ms"], 2)

@@ -17,7 +17,8 @@ What differs from upstream and why:
 - unknown keyword arguments raise TypeError (upstream's `**ignore_kwargs` hides typos); the keys
   that live in the same `ddconfig` for the other half of the autoencoder are accepted.
 - `TSEncoder.forward` validates the image and mask (`ilat_ext.masks`) and raises ValueError
-  naming the shapes.
+  naming the shapes. It does not keep upstream's list of every intermediate activation (`hs`,
+  a leftover of the U-Net it was cut from), which lowers its peak memory.
 """
 from typing import Dict, Iterable, Optional, Sequence
 
@@ -27,7 +28,8 @@ from taming.modules.diffusionmodules.model import Decoder as _UpstreamDecoder
 from taming.modules.diffusionmodules.model import nonlinearity
 
 from ilat_ext.masks import check_divisible, check_pixel_mask, encoder_masks, latent_mask
-from ilat_ext.modules.two_stream import NORM_TYPES, TSAttnBlock, TSConv2d, TSDownsample, TSResnetBlock, make_norm
+from ilat_ext.modules.two_stream import (NORM_TYPES, TSAttnBlock, TSConv2d, TSDownsample, TSResnetBlock, make_norm,
+                                         mask_memo)
 
 # ddconfig keys that belong to the decoder (taming's Decoder) and that the encoder ignores, and
 # vice versa. Anything else unknown is a typo.
@@ -39,8 +41,8 @@ ENCODER_ONLY_KEYS = frozenset({"double_z"})
 def _reject_unknown(cls_name: str, extra: Dict, allowed: Iterable[str]) -> None:
     unknown = sorted(set(extra) - set(allowed))
     if unknown:
-        raise TypeError(f"{cls_name} got unexpected keyword argument(s) {unknown}; "
-                        f"(ddconfig keys of the other half accepted and ignored: {sorted(allowed)})")
+        raise TypeError(f"{cls_name} got unexpected keyword argument(s) {unknown} (the other half's ddconfig "
+                        f"keys {sorted(allowed)} are accepted and ignored)")
 
 
 def _check_norm_type(norm_type: str) -> None:
@@ -130,24 +132,25 @@ class TSEncoder(nn.Module):
             if bool(pixel_mask.any()):  # an all-zero mask is the plain encoder, exactly
                 masks = encoder_masks(pixel_mask, self.num_resolutions)
 
-        h = self.conv_in(x, masks[0])
-        for i_level in range(self.num_resolutions):
-            m = masks[i_level]
-            down = self.down[i_level]
-            for i_block in range(self.num_res_blocks):
-                h = down.block[i_block](h, m)
-                if len(down.attn) > 0:
-                    h = down.attn[i_block](h, m)
-            if i_level != self.num_resolutions - 1:
-                h = down.downsample(h, m)
+        with mask_memo():  # ring plans etc. once per resolution, not once per layer
+            h = self.conv_in(x, masks[0])
+            for i_level in range(self.num_resolutions):
+                m = masks[i_level]
+                down = self.down[i_level]
+                for i_block in range(self.num_res_blocks):
+                    h = down.block[i_block](h, m)
+                    if len(down.attn) > 0:
+                        h = down.attn[i_block](h, m)
+                if i_level != self.num_resolutions - 1:
+                    h = down.downsample(h, m)
 
-        m = masks[-1]
-        h = self.mid.block_1(h, m)
-        if self.mid_attn:
-            h = self.mid.attn_1(h, m)
-        h = self.mid.block_2(h, m)
-        h = nonlinearity(self.norm_out(h, m))
-        return self.conv_out(h, m)
+            m = masks[-1]
+            h = self.mid.block_1(h, m)
+            if self.mid_attn:
+                h = self.mid.attn_1(h, m)
+            h = self.mid.block_2(h, m)
+            h = nonlinearity(self.norm_out(h, m))
+            return self.conv_out(h, m)
 
 
 # ----------------------------------------------------------------------------- decoder

@@ -25,7 +25,9 @@ Masks passed to layers are bool or {0, 1} float (B, 1, H, W) at the layer's INPU
 and are not re-validated here (the encoder validates the pixel mask once). Inputs must be finite:
 a NaN or inf under the mask is multiplied by zero in some places, which gives NaN.
 """
-from typing import Optional, Tuple
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import Any, Callable, Dict, Iterator, List, NamedTuple, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -43,10 +45,48 @@ def _as_bool(mask: torch.Tensor) -> torch.Tensor:
     return mask if mask.dtype == torch.bool else mask > 0
 
 
+# Mask-only results (ring plans, statistics weights, attention index sets), memoised while a
+# `mask_memo()` context is open: the layers of one resolution share the encoder's mask and
+# compute them once per forward. Nothing here ever depends on the features.
+_MEMO: ContextVar[Optional[Dict[tuple, Tuple[torch.Tensor, Any]]]] = ContextVar("ilat_mask_memo", default=None)
+
+
+@contextmanager
+def mask_memo() -> Iterator[None]:
+    """Within this context, each layer computes what it derives from a mask tensor once per
+    mask tensor (by identity). The masks passed to layers must not change inside it;
+    `TSEncoder.forward` opens one around its layers, whose masks it builds itself."""
+    token = _MEMO.set({})
+    try:
+        yield
+    finally:
+        _MEMO.reset(token)
+
+
+def _memo(mask: torch.Tensor, key: tuple, build: Callable[[], Any]) -> Any:
+    memo = _MEMO.get()
+    if memo is None:
+        return build()
+    full_key = (id(mask),) + key
+    if full_key not in memo:
+        memo[full_key] = (mask, build())  # holding the mask keeps its id from being reused
+    return memo[full_key][1]
+
+
 def _check_layer_mask(x: torch.Tensor, mask: torch.Tensor, layer: str) -> None:
     if mask.dim() != 4 or mask.shape[1] != 1 or mask.shape[0] != x.shape[0] or mask.shape[2:] != x.shape[2:]:
         raise ValueError(f"{layer}: mask of shape {tuple(mask.shape)} does not fit input of shape {tuple(x.shape)}: "
                          f"expected ({x.shape[0]}, 1, {x.shape[2]}, {x.shape[3]})")
+
+
+class RingPlan(NamedTuple):
+    """Mask-only description of a TSConv2d's second stream (see `TSConv2d.ring_plan`)."""
+    ring: torch.Tensor  # (B, H_out, W_out) bool, M_l of Eq. 2
+    size: int  # R, ring positions in the batch
+    b: torch.Tensor  # (R,) sample of each ring position
+    oy: torch.Tensor  # (R,) output row
+    ox: torch.Tensor  # (R,) output column
+    samples: List[Tuple[int, torch.Tensor, torch.Tensor]]  # (sample, taps (kh*kw, n) flat input index, dropped taps)
 
 
 # ----------------------------------------------------------------------------- normalisation
@@ -66,13 +106,28 @@ class MaskedGroupNorm(nn.GroupNorm):
             return super().forward(x)
         _check_layer_mask(x, mask, type(self).__name__)
         mask = _as_bool(mask)
-        if not bool(mask.any()):
+        if not _memo(mask, ("any",), lambda: bool(mask.any())):
             return super().forward(x)
+        if x.dtype in (torch.float16, torch.bfloat16) or torch.is_autocast_enabled(x.device.type):
+            # Statistics in float32, as autocast does for nn.GroupNorm.
+            with torch.autocast(x.device.type, enabled=False):
+                return self._masked(x.float(), mask).to(x.dtype)
+        return self._masked(x, mask)
+
+    @staticmethod
+    def statistics_weights(mask: torch.Tensor, dtype: torch.dtype) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(keep (B, 1, H, W) in {0, 1}, positions per sample (B, 1)): the positions that give the
+        statistics, i.e. the unmasked ones, or all of them for a sample whose mask is full."""
+        B = mask.shape[0]
+        full = mask.flatten(1).all(1)  # (B,) bool
+        keep = (~mask | full.view(B, 1, 1, 1)).to(dtype)
+        return keep, keep.view(B, -1).sum(1, keepdim=True)
+
+    def _masked(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         B, C, H, W = x.shape
         G, N = self.num_groups, H * W
-        full = mask.flatten(1).all(1)  # (B,) bool
-        keep = (~mask | full.view(B, 1, 1, 1)).to(x.dtype)  # (B, 1, H, W): positions giving statistics
-        count = keep.view(B, N).sum(1, keepdim=True) * (C // G)  # (B, 1)
+        keep, positions = _memo(mask, ("keep", x.dtype), lambda: self.statistics_weights(mask, x.dtype))
+        count = positions * (C // G)  # (B, 1) values per group
         # Sums over unmasked positions as a matrix-vector product (no (B, C, H, W) temporary).
         # Masked entries meet an exact 0 weight, so the sums are bit-identical whatever they hold.
         mean = torch.bmm(x.reshape(B, C, N), keep.view(B, N, 1)).view(B, G, C // G).sum(-1) / count  # (B, G)
@@ -166,6 +221,30 @@ class TSConv2d(nn.Conv2d):
         """M_l (B, 1, H_out, W_out) bool for this conv's geometry (Eq. 2)."""
         return leaked_ring(mask, mask_out, self.kernel_size, self.stride, self.pads, self.dilation)
 
+    def ring_plan(self, mask: torch.Tensor, mask_out: torch.Tensor) -> "RingPlan":
+        """Where stream 2 is needed and what it reads (mask only; memoised inside `mask_memo()`)."""
+        ring = self.leaked_ring(mask, mask_out)[:, 0]  # (B, H_out, W_out) bool
+        B, H, W = mask.shape[0], mask.shape[2], mask.shape[3]
+        (kh, kw), (sh, sw), (dh, dw) = self.kernel_size, self.stride, self.dilation
+        left, _, top, _ = self.pads
+        idx = ring.reshape(B, -1).nonzero()  # (R, 2) sample, flat output position; sorted by sample
+        b, pos = idx[:, 0], idx[:, 1]
+        oy, ox = pos // ring.shape[-1], pos % ring.shape[-1]
+        iy = oy[:, None] * sh - top + torch.arange(kh, device=mask.device) * dh  # (R, kh) input rows
+        ix = ox[:, None] * sw - left + torch.arange(kw, device=mask.device) * dw  # (R, kw) input cols
+        inside = ((iy >= 0) & (iy < H))[:, :, None] & ((ix >= 0) & (ix < W))[:, None, :]  # (R, kh, kw)
+        flat = iy.clamp(0, H - 1)[:, :, None] * W + ix.clamp(0, W - 1)[:, None, :]  # (R, kh, kw)
+        # Zero padding and masked inputs both read as 0: this is F * (1 - M') of Eq. 3.
+        drop = ~inside | mask.reshape(B, -1)[b[:, None, None], flat]  # (R, kh, kw)
+        samples, start = [], 0
+        for sample, count in enumerate(torch.bincount(b, minlength=B).tolist()):
+            if count:  # taps ordered (kh, kw) x positions, as the columns of the product
+                taps = slice(start, start + count)
+                samples.append((sample, flat[taps].permute(1, 2, 0).reshape(kh * kw, count),
+                                drop[taps].permute(1, 2, 0).reshape(kh * kw, count)))
+            start += count
+        return RingPlan(ring, b.numel(), b, oy, ox, samples)
+
     # -- forward
     def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None,
                 mask_out: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -177,50 +256,37 @@ class TSConv2d(nn.Conv2d):
             if self.kernel_size == (1, 1) and self.pads == (0, 0, 0, 0):
                 # Each output reads one input, inside its own output cell: nothing can leak.
                 return self._conv_forward(x, self.weight, self.bias)
-            mask_out = self.output_mask(mask)
-        ring = self.leaked_ring(mask, _as_bool(mask_out))[:, 0]  # (B, H_out, W_out) bool
+            geometry = ("conv", self.kernel_size, self.stride, self.pads, self.dilation)
+            plan = _memo(mask, geometry, lambda: self.ring_plan(mask, self.output_mask(mask)))
+        else:
+            plan = self.ring_plan(mask, _as_bool(mask_out))
         out = self._conv_forward(x, self.weight, self.bias)  # stream 1
-        n_ring = int(ring.sum())
-        if n_ring == 0:  # empty mask, full mask, or a ring hidden under mask_out
+        if plan.size == 0:  # empty mask, full mask, or a ring hidden under mask_out
             return out
         mode = self.ring_mode
         if mode not in RING_MODES:
             raise ValueError(f"ring_mode must be one of {RING_MODES}, got {mode!r}")
-        if mode == "dense" or (mode == "auto" and n_ring > self.dense_fraction * ring.numel()):
+        if mode == "dense" or (mode == "auto" and plan.size > self.dense_fraction * plan.ring.numel()):
             stream2 = self._conv_forward(x.masked_fill(mask, 0), self.weight, self.bias)
-            return torch.where(ring[:, None], stream2, out)
-        b, oy, ox, values = self._ring_stream2(x, mask, ring)
-        out[b, :, oy, ox] = values  # (R, O) into (B, O, H_out, W_out)
+            return torch.where(plan.ring[:, None], stream2, out)
+        out[plan.b, :, plan.oy, plan.ox] = self._ring_stream2(x, plan).t()  # (R, O) into (B, O, H_out, W_out)
         return out
 
-    def _ring_stream2(self, x: torch.Tensor, mask: torch.Tensor, ring: torch.Tensor):
-        """Stream 2 at the ring positions only: returns (b, oy, ox) (R,) each and values (R, O)."""
-        B, C, H, W = x.shape
-        (kh, kw), (sh, sw), (dh, dw) = self.kernel_size, self.stride, self.dilation
-        left, _, top, _ = self.pads
-        w_out = ring.shape[-1]
-        idx = ring.reshape(B, -1).nonzero()  # (R, 2) sample, flat position; sorted by sample
-        b, pos = idx[:, 0], idx[:, 1]
-        oy, ox = pos // w_out, pos % w_out
-        iy = oy[:, None] * sh - top + torch.arange(kh, device=x.device) * dh  # (R, kh) input rows
-        ix = ox[:, None] * sw - left + torch.arange(kw, device=x.device) * dw  # (R, kw) input cols
-        inside = ((iy >= 0) & (iy < H))[:, :, None] & ((ix >= 0) & (ix < W))[:, None, :]  # (R, kh, kw)
-        flat = iy.clamp(0, H - 1)[:, :, None] * W + ix.clamp(0, W - 1)[:, None, :]  # (R, kh, kw)
-        # Zero padding and masked inputs both read as 0: this is F * (1 - M') of Eq. 3.
-        keep = inside & ~mask.reshape(B, -1)[b[:, None, None], flat]  # (R, kh, kw)
-        x_flat = x.reshape(B, C, H * W)
-        chunk = max(1, self.max_gather // (C * kh * kw))  # positions per product, bounds the columns' memory
-        values, start = [], 0
-        for sample, count in enumerate(torch.bincount(b, minlength=B).tolist()):
-            for lo in range(start, start + count, chunk):
-                taps = slice(lo, min(lo + chunk, start + count))
-                n = taps.stop - taps.start
+    def _ring_stream2(self, x: torch.Tensor, plan: "RingPlan") -> torch.Tensor:
+        """Stream 2 at the ring positions only: (O, R), in the order of plan.b / oy / ox."""
+        B, C = x.shape[:2]
+        K = C * self.kernel_size[0] * self.kernel_size[1]
+        chunk = max(1, self.max_gather // K)  # positions per product: bounds the columns' memory
+        x_flat = x.reshape(B, C, -1)
+        values = []
+        for sample, flat, drop in plan.samples:  # flat, drop: (kh*kw, n) for this sample
+            for lo in range(0, flat.shape[1], chunk):
+                taps, dropped = flat[:, lo:lo + chunk], drop[:, lo:lo + chunk]
                 # Columns ordered (c, kh, kw) x n, as weight.view(O, C * kh * kw) expects.
-                cols = x_flat[sample].index_select(1, flat[taps].permute(1, 2, 0).reshape(-1))  # (C, kh*kw*n)
-                cols = cols.masked_fill_(~keep[taps].permute(1, 2, 0).reshape(1, -1), 0)
-                values.append(self._contract(cols.view(C * kh * kw, n)))  # (O, n)
-            start += count
-        return b, oy, ox, torch.cat(values, 1).t()
+                cols = x_flat[sample].index_select(1, taps.reshape(-1))  # (C, kh*kw*n)
+                cols = cols.masked_fill_(dropped.reshape(1, -1), 0)
+                values.append(self._contract(cols.view(K, taps.shape[1])))  # (O, n)
+        return torch.cat(values, 1)
 
     def _contract(self, cols: torch.Tensor) -> torch.Tensor:
         """(C/g * kh * kw * g, R) columns -> (O, R) outputs: the conv as a matrix product."""
@@ -341,25 +407,35 @@ class TSAttnBlock(nn.Module):
         w_ = F.softmax(w_, dim=2)
         return torch.bmm(v, w_.permute(0, 2, 1))
 
+    @staticmethod
+    def query_sets(mask: torch.Tensor) -> Optional[List[Optional[Tuple[torch.Tensor, torch.Tensor]]]]:
+        """Per sample, (unmasked, masked) position indices, or None where the mask is empty or
+        full (plain attention); None overall when no sample needs the split. Mask only."""
+        masked = mask.reshape(mask.shape[0], -1)  # (B, L) bool
+        counts = masked.sum(1).tolist()
+        if all(n in (0, masked.shape[1]) for n in counts):
+            return None
+        return [None if n in (0, masked.shape[1]) else ((~m).nonzero()[:, 0], m.nonzero()[:, 0])
+                for m, n in zip(masked, counts)]
+
     def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         h_ = self.norm(x, mask)
         b, c, h, w = h_.shape
         q, k, v = (layer(h_).reshape(b, c, h * w) for layer in (self.q, self.k, self.v))  # (B, C, L)
-        masked = None if mask is None else _as_bool(mask).reshape(b, h * w)  # (B, L)
-        if masked is None or not bool(masked.any()):
-            h_ = self.attend(q, k, v)
-        else:
-            samples = []
-            for i in range(b):
-                qi, ki, vi, mi = q[i:i + 1], k[i:i + 1], v[i:i + 1], masked[i]
-                n_masked = int(mi.sum())
-                if n_masked in (0, h * w):
-                    samples.append(self.attend(qi, ki, vi))
-                    continue
-                u, m = (~mi).nonzero()[:, 0], mi.nonzero()[:, 0]
-                # Unmasked queries see unmasked keys only: a function of unmasked features alone.
-                out_u = self.attend(qi[:, :, u], ki[:, :, u], vi[:, :, u])  # (1, C, |U|)
-                out_m = self.attend(qi[:, :, m], ki, vi)  # (1, C, |M|)
-                samples.append(torch.zeros_like(qi).index_copy(2, u, out_u).index_copy(2, m, out_m))
-            h_ = torch.cat(samples)
-        return x + self.proj_out(h_.reshape(b, c, h, w))
+        if mask is not None:
+            mask = _as_bool(mask)
+            sets = _memo(mask, ("attention",), lambda: self.query_sets(mask))
+        if mask is None or sets is None:
+            return x + self.proj_out(self.attend(q, k, v).reshape(b, c, h, w))
+        samples = []
+        for i, split in enumerate(sets):
+            qi, ki, vi = q[i:i + 1], k[i:i + 1], v[i:i + 1]
+            if split is None:
+                samples.append(self.attend(qi, ki, vi))
+                continue
+            u, m = split
+            # Unmasked queries see unmasked keys only: a function of unmasked features alone.
+            out_u = self.attend(qi[:, :, u], ki[:, :, u], vi[:, :, u])  # (1, C, |U|)
+            out_m = self.attend(qi[:, :, m], ki, vi)  # (1, C, |M|)
+            samples.append(torch.zeros_like(qi).index_copy(2, u, out_u).index_copy(2, m, out_m))
+        return x + self.proj_out(torch.cat(samples).reshape(b, c, h, w))
