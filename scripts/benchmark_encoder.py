@@ -22,6 +22,10 @@ smaller) operations than the plain Encoder, so it suffers more from that than fr
 The last line of output is one JSON object (`ts_over_plain_time_10pct`, `ts_over_plain_mem_10pct`,
 and the same for the other rates, plus the raw figures).
 """
+import os
+
+os.environ.setdefault("KINETO_LOG_LEVEL", "5")  # keep the profiler (peak memory) quiet
+
 import argparse
 import json
 import statistics
