@@ -249,3 +249,81 @@ def leaked_ring(mask: torch.Tensor, mask_out: torch.Tensor, kernel_size: IntPair
         raise ValueError(f"mask_out of shape {tuple(mask_out.shape)} does not match the convolution's output "
                          f"{tuple(touched.shape)}")
     return touched & ~(mask_out > 0)
+
+
+# ----------------------------------------------------------------------------- LA attention mask
+LA_LAYOUTS = ("start", "taming")
+
+
+def la_attention_mask(token_mask: torch.Tensor, n_cond: int, layout: str = "start") -> torch.Tensor:
+    """The local-autoregressive (LA) attention mask of iLAT (paper Eq. 7-8, Fig. 3b), batched.
+
+    token_mask: (B, h, w) or (B, L) bool, M_q in raster order (True = token to generate).
+    n_cond: number of condition positions (start token, condition tokens, extra features such as
+        pose, all counted).
+    layout: "start": the target part is [z_s, z_1 .. z_{L-1}]; target position t holds grid token
+        t-1 (t = 0: the start token) and predicts grid token t. Sequence length S = n_cond + L.
+        "taming": upstream's layout without start tokens; the target part is [z_1 .. z_{L-1}],
+        target position t holds grid token t and predicts token t+1, and the last condition
+        position predicts grid token 0. S = n_cond + L - 1.
+    Returns (B, S, S) bool, True = row (query) may attend to column (key).
+
+    Rules. Causal group: target positions whose input token or predicted token is masked (the
+    paper's t_m and t_{m-1}); global group: the other target positions.
+    - condition rows see all condition columns and nothing else (C2C = 1, C2T = 0);
+    - global rows see all condition columns and all global columns, wherever they are;
+    - causal rows see all condition columns, all global columns (also later ones: the global
+      context plain AR lacks) and causal columns at or before themselves.
+    In the "taming" layout the last condition row predicts grid token 0 and, being a condition row,
+    sees the condition only (as in taming's own training).
+
+    Why this differs from the authors' release: it puts a row in the causal group only when its
+    INPUT token is masked, so the row that predicts the first masked token after a known one is
+    "global" and cannot see earlier masked tokens: that token is predicted blind. Here the row is
+    causal because its PREDICTED token is masked.
+
+    Worked example, 3 x 3 grid, one condition position (n_cond = 1), "start" layout, M_q masks
+    grid tokens 4 and 5 (the middle row's centre and right). Target positions 0..8 hold
+    [z_s, z_0 .. z_7] and predict z_0 .. z_8; position 4 predicts z_4 (masked), position 5 holds
+    z_4 and predicts z_5, position 6 holds z_5: so target positions 4, 5, 6 are causal.
+
+        >>> m = torch.zeros(1, 3, 3, dtype=torch.bool); m[0, 1, 1:] = True
+        >>> a = la_attention_mask(m, n_cond=1)[0].int()      # (10, 10); sequence index = 1 + t
+        >>> a[0].tolist()                                    # the condition row
+        [1, 0, 0, 0, 0, 0, 0, 0, 0, 0]
+        >>> a[1].tolist()                                    # global row t=0 sees every global column
+        [1, 1, 1, 1, 1, 0, 0, 0, 1, 1]
+        >>> a[5].tolist(), a[6].tolist(), a[7].tolist()      # causal rows t=4, 5, 6
+        ([1, 1, 1, 1, 1, 1, 0, 0, 1, 1], [1, 1, 1, 1, 1, 1, 1, 0, 1, 1], [1, 1, 1, 1, 1, 1, 1, 1, 1, 1])
+    """
+    if layout not in LA_LAYOUTS:
+        raise ValueError(f"layout must be one of {LA_LAYOUTS}, got {layout!r}")
+    if token_mask.dim() == 3:
+        token_mask = token_mask.reshape(token_mask.shape[0], -1)
+    if token_mask.dim() != 2:
+        raise ValueError(f"token_mask must be (B, h, w) or (B, L), got shape {tuple(token_mask.shape)}")
+    n_cond = int(n_cond)
+    if n_cond < 1:
+        raise ValueError(f"n_cond must be >= 1 (a start token or a condition), got {n_cond}")
+    m = token_mask.bool()
+    batch, length = m.shape
+    if layout == "start":
+        predicted = m                                                      # (B, L)
+        held = torch.cat([m.new_zeros(batch, 1), m[:, :-1]], dim=1)
+    else:
+        if length < 2:
+            raise ValueError(f"the taming layout needs at least 2 grid tokens, got {length}")
+        predicted, held = m[:, 1:], m[:, :-1]                              # (B, L-1)
+    causal_t = predicted | held                                           # (B, T)
+    n_target = causal_t.shape[1]
+    size = n_cond + n_target
+    is_cond = torch.zeros(size, dtype=torch.bool, device=m.device)
+    is_cond[:n_cond] = True
+    causal = torch.cat([m.new_zeros(batch, n_cond), causal_t], dim=1)     # (B, S)
+    glob = ~causal & ~is_cond                                             # (B, S)
+    target_row = ~is_cond[None, :, None]                                  # (1, S, 1)
+    lower = torch.ones(size, size, dtype=torch.bool, device=m.device).tril()
+    allowed = is_cond[None, None, :].expand(batch, size, size).clone()    # condition columns
+    allowed |= target_row & glob[:, None, :]                              # global columns
+    allowed |= causal[:, :, None] & causal[:, None, :] & lower            # causal, at or before
+    return allowed
