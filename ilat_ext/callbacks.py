@@ -16,6 +16,7 @@ from omegaconf import OmegaConf
 from PIL import Image
 from pytorch_lightning.callbacks import Callback
 from pytorch_lightning.utilities import rank_zero_only
+from pytorch_lightning.utilities.model_helpers import is_overridden
 
 
 class SetupCallback(Callback):
@@ -181,11 +182,9 @@ class ImageLogger(Callback):
             batch, batch_idx = self._last_train_batch
             self.log_img(trainer, pl_module, batch, batch_idx, split="train")
         val_loaders = trainer.val_dataloaders
-        if val_loaders is None and trainer.datamodule is not None and callable(getattr(trainer.datamodule, "val_dataloader", None)):
-            try:
-                val_loaders = trainer.datamodule.val_dataloader()
-            except Exception:  # the data module has no validation split
-                val_loaders = None
+        datamodule = trainer.datamodule
+        if val_loaders is None and datamodule is not None and is_overridden("val_dataloader", datamodule):
+            val_loaders = datamodule.val_dataloader()
         if isinstance(val_loaders, (list, tuple)):
             val_loaders = val_loaders[0] if val_loaders else None
         if val_loaders is not None:

@@ -32,6 +32,7 @@ from pytorch_lightning.strategies import DDPStrategy
 from ilat_ext import checkpoint as ckpt_io
 from ilat_ext.callbacks import ImageLogger, SetupCallback, SignalCheckpoint
 from ilat_ext.data.datamodule import DataModuleFromConfig, WrappedDataset
+from ilat_ext.runs import resolve_run
 from ilat_ext.util import get_obj_from_str, instantiate_from_config
 
 __all__ = ["main", "get_parser", "instantiate_from_config", "get_obj_from_str", "DataModuleFromConfig",
@@ -151,23 +152,9 @@ def _process_count(trainer_config: dict) -> int:
     return max(count, 1) * int(trainer_config.get("num_nodes", 1) or 1)
 
 
-def resolve_resume(resume: str, logroot: str) -> Tuple[str, str, List[str], str]:
+def resolve_resume(resume: str) -> Tuple[str, str, List[str], str]:
     """-r accepts a run directory or a checkpoint inside one; returns (logdir, ckpt, configs, name)."""
-    if not os.path.exists(resume):
-        raise FileNotFoundError(f"--resume: cannot find {resume!r}")
-    if os.path.isfile(resume):
-        ckpt = resume
-        ckpt_dir = os.path.dirname(os.path.abspath(resume))
-        if os.path.basename(ckpt_dir) != "checkpoints":
-            raise ValueError(f"--resume: {resume!r} is not inside a run's checkpoints/ directory")
-        logdir = os.path.dirname(ckpt_dir)
-    else:
-        logdir = resume.rstrip("/")
-        ckpt = os.path.join(logdir, "checkpoints", "last.ckpt")
-        if not os.path.isfile(ckpt):
-            found = sorted(glob.glob(os.path.join(logdir, "checkpoints", "*.ckpt")))
-            raise FileNotFoundError(f"--resume: {ckpt} does not exist"
-                                    + (f"; checkpoints found: {found} (pass one of them to -r)" if found else ""))
+    logdir, ckpt = resolve_run(resume)
     configs = sorted(glob.glob(os.path.join(logdir, "configs", "*.yaml")))
     if not configs:
         raise FileNotFoundError(f"--resume: no configs/*.yaml in {logdir}")
@@ -254,7 +241,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Trainer:
 
     ckpt_for_resume = None
     if opt.resume:
-        logdir, ckpt_for_resume, resume_configs, nowname = resolve_resume(opt.resume, opt.logdir)
+        logdir, ckpt_for_resume, resume_configs, nowname = resolve_resume(opt.resume)
         opt.base = resume_configs + list(opt.base)
     else:
         if opt.name:

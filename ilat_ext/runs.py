@@ -10,18 +10,22 @@ from ilat_ext.util import instantiate_from_config
 
 
 def resolve_run(path: str) -> Tuple[str, str]:
-    """`logs/<run>` -> (run dir, its checkpoints/last.ckpt); `.../checkpoints/x.ckpt` -> (run dir, x.ckpt)."""
+    """`logs/<run>` -> (run dir, its checkpoints/last.ckpt); `.../checkpoints/x.ckpt` -> (run dir, x.ckpt).
+    Used by main.py's --resume and by `load_run`."""
     if not os.path.exists(path):
-        raise FileNotFoundError(f"run not found: {path}")
+        raise FileNotFoundError(f"cannot find run {path!r}")
     if os.path.isfile(path):
         ckpt_dir = os.path.dirname(os.path.abspath(path))
         if os.path.basename(ckpt_dir) != "checkpoints":
-            raise ValueError(f"{path} is not inside a run's checkpoints/ directory")
+            raise ValueError(f"{path!r} is not inside a run's checkpoints/ directory")
         return os.path.dirname(ckpt_dir), path
-    ckpt = os.path.join(path, "checkpoints", "last.ckpt")
+    logdir = path.rstrip("/")
+    ckpt = os.path.join(logdir, "checkpoints", "last.ckpt")
     if not os.path.isfile(ckpt):
-        raise FileNotFoundError(f"{ckpt} does not exist (has the run saved a checkpoint?)")
-    return path.rstrip("/"), ckpt
+        found = sorted(glob.glob(os.path.join(logdir, "checkpoints", "*.ckpt")))
+        raise FileNotFoundError(f"{ckpt} does not exist"
+                                + (f"; checkpoints found: {found} (pass one of them)" if found else ""))
+    return logdir, ckpt
 
 
 def run_config(logdir: str) -> DictConfig:

@@ -35,11 +35,10 @@ from typing import Dict, List, Optional
 
 import numpy as np
 import torch
-import torch.nn as nn
 from tqdm import tqdm
 
 from ilat_ext.data.masks import free_form_mask
-from ilat_ext.modules.encoder import TSEncoder
+from ilat_ext.modules.encoder import TSEncoder, apply_preset
 
 CONFIGS: Dict[str, dict] = {
     # The public ImageNet VQGAN f16 (FACTS.md Sec. 2).
@@ -63,16 +62,7 @@ def build_pair(config: str, size: int, seed: int):
     ddconfig = dict(params, double_z=False, resolution=size, in_channels=3, out_ch=3, dropout=0.0)
     torch.manual_seed(seed)
     ts = TSEncoder(**ddconfig, norm_type=norm_type, mid_attn=mid_attn)
-    plain = Encoder(**ddconfig)
-    # The face preset on upstream's Encoder: its GroupNorm(32) become GroupNorm(C, C) (plain
-    # nn.GroupNorm behaviour without a mask) and its middle attention an identity.
-    if norm_type != "group":
-        for parent in list(plain.modules()):
-            for name, child in list(parent.named_children()):
-                if isinstance(child, nn.GroupNorm):
-                    setattr(parent, name, nn.GroupNorm(child.num_channels, child.num_channels, eps=1e-6))
-    if not mid_attn:
-        plain.mid.attn_1 = nn.Identity()
+    plain = apply_preset(Encoder(**ddconfig), norm_type, mid_attn)  # upstream's Encoder, same preset
     plain.load_state_dict(ts.state_dict(), strict=True)
     return plain.eval(), ts.eval()
 

@@ -11,16 +11,13 @@ input | mask | Eq. 4 | fully quantized and prints a table; the last line is one 
 import argparse
 import json
 import os
-import sys
 
 import torch
 from tqdm import tqdm
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from ilat_ext.callbacks import save_overview  # noqa: E402
-from ilat_ext.runs import load_run  # noqa: E402
-from ilat_ext.util import instantiate_from_config  # noqa: E402
+from ilat_ext.callbacks import save_overview
+from ilat_ext.runs import load_run
+from ilat_ext.util import instantiate_from_config
 
 
 def masked_psnr(x: torch.Tensor, y: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:

@@ -16,7 +16,7 @@ from taming.modules.diffusionmodules.model import Decoder as UpstreamDecoder
 
 import ilat_ext.modules.two_stream as two_stream_module
 from ilat_ext.masks import downsample_mask, latent_mask
-from ilat_ext.modules.encoder import Decoder, TSEncoder
+from ilat_ext.modules.encoder import Decoder, TSEncoder, apply_preset
 from ilat_ext.modules.two_stream import (MaskedGroupNorm, TSAttnBlock, TSConv2d, TSDownsample, TSResnetBlock,
                                          make_norm, two_stream_conv_reference)
 
@@ -92,14 +92,7 @@ def plain_like(ts_encoder, preset):
     """taming's Encoder holding the TSEncoder's weights (face preset: InstanceNorm, no mid attention)."""
     preset = dict(preset)
     norm_type, mid_attn = preset.pop("norm_type", "group"), preset.pop("mid_attn", True)
-    enc = Encoder(**preset)
-    if norm_type == "instance":
-        for parent in list(enc.modules()):
-            for name, child in list(parent.named_children()):
-                if isinstance(child, nn.GroupNorm):
-                    setattr(parent, name, nn.GroupNorm(child.num_channels, child.num_channels, eps=1e-6))
-    if not mid_attn:
-        enc.mid.attn_1 = nn.Identity()
+    enc = apply_preset(Encoder(**preset), norm_type, mid_attn)
     enc.load_state_dict(ts_encoder.state_dict(), strict=True)
     return enc.to(next(ts_encoder.parameters()).dtype).eval()
 

@@ -38,6 +38,22 @@ ENCODER_ONLY_KEYS = frozenset({"double_z"})
 
 
 # ----------------------------------------------------------------------------- helpers
+def apply_preset(module: nn.Module, norm_type: str = "group", mid_attn: bool = True) -> nn.Module:
+    """Turn one of taming's plain modules (Encoder, Decoder) into a preset, in place: "instance"
+    swaps every GroupNorm(32) for GroupNorm(C, C) (same parameter names), mid_attn=False replaces
+    `mid.attn_1` by an identity (its keys disappear). Used by `Decoder`, and to build upstream's
+    Encoder with a TSEncoder's preset for comparisons (tests, benchmark)."""
+    _check_norm_type(norm_type)
+    if norm_type != "group":
+        for parent in list(module.modules()):
+            for name, child in list(parent.named_children()):
+                if isinstance(child, nn.GroupNorm):
+                    setattr(parent, name, make_norm(child.num_channels, norm_type))
+    if not mid_attn:
+        module.mid.attn_1 = nn.Identity()
+    return module
+
+
 def _reject_unknown(cls_name: str, extra: Dict, allowed: Iterable[str]) -> None:
     unknown = sorted(set(extra) - set(allowed))
     if unknown:
@@ -175,10 +191,4 @@ class Decoder(_UpstreamDecoder):
                          give_pre_end=give_pre_end)
         self.norm_type = norm_type
         self.mid_attn = mid_attn
-        if norm_type != "group":
-            for parent in list(self.modules()):
-                for name, child in list(parent.named_children()):
-                    if isinstance(child, nn.GroupNorm):
-                        setattr(parent, name, make_norm(child.num_channels, norm_type))
-        if not mid_attn:
-            self.mid.attn_1 = nn.Identity()
+        apply_preset(self, norm_type, mid_attn)
