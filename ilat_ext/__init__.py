@@ -12,11 +12,11 @@ from ilat_ext.compat import install_taming_main_alias
 install_taming_main_alias()
 
 from ilat_ext.data import DataModuleFromConfig, ToyFaces  # noqa: E402
-from ilat_ext.models import TamingTransformer, TSVQModel, VQModel  # noqa: E402
+from ilat_ext.models import ILATTransformer, TamingTransformer, TSVQModel, VQModel  # noqa: E402
 from ilat_ext.modules.encoder import TSEncoder  # noqa: E402
 
 __all__ = [
     "__version__", "instantiate_from_config", "get_obj_from_str", "load_checkpoint", "load_state_dict_report",
     "LoadReport", "SafeCheckpointIO", "UnsafeCheckpointError", "install_taming_main_alias",
-    "VQModel", "TSVQModel", "TSEncoder", "TamingTransformer", "DataModuleFromConfig", "ToyFaces",
+    "VQModel", "TSVQModel", "TSEncoder", "TamingTransformer", "ILATTransformer", "DataModuleFromConfig", "ToyFaces",
 ]

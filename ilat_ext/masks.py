@@ -296,6 +296,33 @@ def la_attention_mask(token_mask: torch.Tensor, n_cond: int, layout: str = "star
         >>> a[5].tolist(), a[6].tolist(), a[7].tolist()      # causal rows t=4, 5, 6
         ([1, 1, 1, 1, 1, 1, 0, 0, 1, 1], [1, 1, 1, 1, 1, 1, 1, 0, 1, 1], [1, 1, 1, 1, 1, 1, 1, 1, 1, 1])
     """
+    causal = la_causal_positions(token_mask, n_cond, layout)              # (B, S)
+    batch, size = causal.shape
+    n_cond = int(n_cond)
+    is_cond = torch.zeros(size, dtype=torch.bool, device=causal.device)
+    is_cond[:n_cond] = True
+    glob = ~causal & ~is_cond                                             # (B, S)
+    target_row = ~is_cond[None, :, None]                                  # (1, S, 1)
+    lower = torch.ones(size, size, dtype=torch.bool, device=causal.device).tril()
+    allowed = is_cond[None, None, :].expand(batch, size, size).clone()    # condition columns
+    allowed |= target_row & glob[:, None, :]                              # global columns
+    allowed |= causal[:, :, None] & causal[:, None, :] & lower            # causal, at or before
+    return allowed
+
+
+def la_causal_positions(token_mask: torch.Tensor, n_cond: int, layout: str = "start") -> torch.Tensor:
+    """The causal group of the LA mask as (B, S) bool over sequence positions (see `la_attention_mask`).
+
+    A target position is causal when the grid token it holds or the one it predicts is masked;
+    condition positions never are. These are the positions a cached sampler must compute one at a
+    time, in order; all others are computed once.
+
+        >>> m = torch.zeros(1, 3, 3, dtype=torch.bool); m[0, 1, 1:] = True
+        >>> la_causal_positions(m, n_cond=1)[0].nonzero().flatten().tolist()   # target t at 1 + t
+        [5, 6, 7]
+        >>> la_causal_positions(m, n_cond=1, layout="taming")[0].nonzero().flatten().tolist()
+        [4, 5, 6]
+    """
     if layout not in LA_LAYOUTS:
         raise ValueError(f"layout must be one of {LA_LAYOUTS}, got {layout!r}")
     if token_mask.dim() == 3:
@@ -314,16 +341,4 @@ def la_attention_mask(token_mask: torch.Tensor, n_cond: int, layout: str = "star
         if length < 2:
             raise ValueError(f"the taming layout needs at least 2 grid tokens, got {length}")
         predicted, held = m[:, 1:], m[:, :-1]                              # (B, L-1)
-    causal_t = predicted | held                                           # (B, T)
-    n_target = causal_t.shape[1]
-    size = n_cond + n_target
-    is_cond = torch.zeros(size, dtype=torch.bool, device=m.device)
-    is_cond[:n_cond] = True
-    causal = torch.cat([m.new_zeros(batch, n_cond), causal_t], dim=1)     # (B, S)
-    glob = ~causal & ~is_cond                                             # (B, S)
-    target_row = ~is_cond[None, :, None]                                  # (1, S, 1)
-    lower = torch.ones(size, size, dtype=torch.bool, device=m.device).tril()
-    allowed = is_cond[None, None, :].expand(batch, size, size).clone()    # condition columns
-    allowed |= target_row & glob[:, None, :]                              # global columns
-    allowed |= causal[:, :, None] & causal[:, None, :] & lower            # causal, at or before
-    return allowed
+    return torch.cat([m.new_zeros(batch, n_cond), predicted | held], dim=1)

@@ -18,6 +18,8 @@ UPSTREAM_TARGET_ALIASES = {
     "taming.models.cond_transformer.Net2NetTransformer": "ilat_ext.models.cond_transformer.TamingTransformer",
     "taming.modules.losses.vqperceptual.VQLPIPSWithDiscriminator": "ilat_ext.modules.losses.VQLPIPSWithDiscriminator",
     "taming.modules.losses.VQLPIPSWithDiscriminator": "ilat_ext.modules.losses.VQLPIPSWithDiscriminator",
+    # same constructor and parameter names, plus the boolean attention mask and KV cache local sampling needs
+    "taming.modules.transformer.mingpt.GPT": "ilat_ext.modules.gpt.GPT",
 }
 _announced_aliases = set()
 

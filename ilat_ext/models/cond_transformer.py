@@ -10,8 +10,17 @@ checkpoints load. What differs, and why:
 - Frozen stages are frozen for real (`requires_grad=False`, always in eval mode), so DDP needs no
   unused-parameter search and optimisers never see them.
 - `learning_rate`, `weight_decay` and `betas` are arguments (main.py still sets the learning
-  rate from `base_learning_rate`); parameter groups cover every transformer parameter exactly once.
+  rate from `base_learning_rate`); parameter groups cover every trainable parameter exactly once;
+  optional linear warm-up (`warmup_steps`) and linear decay to 0 (`decay_steps`), stepped per batch
+  and restored on resume (the release restarts its schedule).
+- Editing, for the side-by-side comparison with iLAT (paper Fig. 4, Table 2):
+  `sample_edit` is Taming's edit (every token from the first masked one to the end of the raster
+  is regenerated, full quantized decoding); `sample_local` is Taming* (the same weights sampled with
+  iLAT's LA mask in taming's layout, masked tokens only, Eq. 4 decoding when the first stage is a
+  TS-VQGAN). Both use the KV-cached sampler of `ilat_ext.modules.sampling`. Upstream's `sample()`
+  (full AR, no cache) still works and is the reference for whole-image AR time.
 """
+from dataclasses import dataclass
 from typing import Optional, Sequence, Tuple
 
 import torch
@@ -21,7 +30,9 @@ from torch import nn
 import ilat_ext.compat  # noqa: F401  (makes taming.models importable on Lightning 2)
 from taming.models.cond_transformer import Net2NetTransformer as _UpstreamNet2Net
 
+from ilat_ext.masks import check_pixel_mask, la_attention_mask, la_causal_positions, latent_mask
 from ilat_ext.models.base import CheckpointMixin
+from ilat_ext.modules.sampling import SampleResult, sample_tokens
 from ilat_ext.util import instantiate_from_config
 
 
@@ -68,6 +79,30 @@ def transformer_param_groups(module: nn.Module, weight_decay: float):
     return [{"params": decay, "weight_decay": float(weight_decay)}, {"params": no_decay, "weight_decay": 0.0}]
 
 
+def warmup_linear_decay(step: int, warmup_steps: int = 0, decay_steps: Optional[int] = None) -> float:
+    """Learning-rate factor: linear warm-up over `warmup_steps`, then linear decay reaching 0 at
+    `decay_steps` (None: constant after warm-up). The release's schedule: 10k warm-up, 0 at 300k."""
+    if warmup_steps > 0 and step < warmup_steps:
+        return (step + 1) / warmup_steps
+    if decay_steps is None:
+        return 1.0
+    return max(0.0, (decay_steps - step) / max(1, decay_steps - warmup_steps))
+
+
+@dataclass
+class EditResult:
+    """What `sample_local` / `sample_edit` return.
+
+    image: (B, C, H, W) in [-1, 1]; indices: (B, L) grid tokens after sampling; token_mask: (B, L)
+    bool, the tokens that were generated; steps: transformer calls; logits: (B, L, V) or None, the
+    logits each generated token was drawn from (`return_logits=True`)."""
+    image: torch.Tensor
+    indices: torch.Tensor
+    token_mask: torch.Tensor
+    steps: int
+    logits: Optional[torch.Tensor] = None
+
+
 class TamingTransformer(CheckpointMixin, _UpstreamNet2Net):
     """Upstream's constructor plus `sos_token`, `learning_rate`, `weight_decay`, `betas`, `unsafe_load`.
 
@@ -81,7 +116,8 @@ class TamingTransformer(CheckpointMixin, _UpstreamNet2Net):
                  ckpt_path: Optional[str] = None, ignore_keys: Sequence[str] = (), first_stage_key: str = "image",
                  cond_stage_key: str = "depth", downsample_cond_size: int = -1, pkeep: float = 1.0,
                  sos_token: int = 0, learning_rate: Optional[float] = None, weight_decay: float = 0.01,
-                 betas: Tuple[float, float] = (0.9, 0.95)):
+                 betas: Tuple[float, float] = (0.9, 0.95), mask_key: str = "mask", warmup_steps: int = 0,
+                 decay_steps: Optional[int] = None):
         self.be_unconditional = cond_stage_config == "__is_unconditional__"
         self.sos_token = sos_token
         super().__init__(transformer_config, first_stage_config, cond_stage_config, permuter_config=permuter_config,
@@ -92,6 +128,8 @@ class TamingTransformer(CheckpointMixin, _UpstreamNet2Net):
         self.learning_rate = learning_rate
         self.weight_decay = float(weight_decay)
         self.betas = tuple(betas)
+        self.mask_key = mask_key
+        self.warmup_steps, self.decay_steps = int(warmup_steps), decay_steps
         if ckpt_path is not None:
             self.init_from_ckpt(ckpt_path, ignore_keys=ignore_keys)
 
@@ -120,5 +158,168 @@ class TamingTransformer(CheckpointMixin, _UpstreamNet2Net):
         if self.learning_rate is None:
             raise ValueError(f"{type(self).__name__}.learning_rate is not set: pass learning_rate= or let "
                              "main.py set it from model.base_learning_rate")
-        groups = transformer_param_groups(self.transformer, self.weight_decay)
-        return torch.optim.AdamW(groups, lr=self.learning_rate, betas=self.betas)
+        groups = transformer_param_groups(self, self.weight_decay)  # frozen stages have no trainable params
+        optimizer = torch.optim.AdamW(groups, lr=self.learning_rate, betas=self.betas)
+        if self.warmup_steps <= 0 and self.decay_steps is None:
+            return optimizer
+        factor = lambda step: warmup_linear_decay(step, self.warmup_steps, self.decay_steps)  # noqa: E731
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # ------------------------------------------------------------------ editing
+    layout = "taming"  # condition tokens first, no start tokens (upstream's sequence)
+
+    @property
+    def first_stage_factor(self) -> int:
+        """Pixels per latent cell of the first stage (2 ** number of downsamplings)."""
+        return 2 ** (self.first_stage_model.encoder.num_resolutions - 1)
+
+    def _check_raster_order(self) -> None:
+        from taming.modules.transformer.permuter import Identity
+        if not isinstance(self.permuter, Identity):
+            raise ValueError(f"local sampling works in raster order; this model uses the permuter "
+                             f"{type(self.permuter).__name__} (permuter_config must be Identity)")
+
+    def token_mask(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Pixel mask (B, 1, H, W) matching x -> M_q (B, h*w) bool (a latent cell touched by the mask)."""
+        mask = check_pixel_mask(mask, x)
+        return latent_mask(mask, self.first_stage_factor).reshape(x.shape[0], -1)
+
+    @torch.no_grad()
+    def encode_target(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None):
+        """x (B, C, H, W), mask (B, 1, H, W) -> (indices (B, L), kept latent (B, D, h, w)).
+
+        A TS-VQGAN first stage encodes with the mask and keeps its continuous features (Eq. 4: the
+        unedited region is decoded without quantisation error); a plain VQGAN keeps its codes."""
+        from ilat_ext.models.tsvqgan import TSVQModel
+        fs = self.first_stage_model
+        if isinstance(fs, TSVQModel):
+            kept = fs.encode_features(x, mask)
+            _, _, info = fs.quantize(kept)
+        else:
+            kept, _, info = fs.encode(x)
+        return info[2].view(x.shape[0], -1), kept
+
+    @torch.no_grad()
+    def decode_tokens(self, indices: torch.Tensor, kept: torch.Tensor, token_mask: Optional[torch.Tensor]):
+        """Eq. 4 decoding: codebook vectors of `indices` where token_mask (B, L) is True, `kept`
+        (B, D, h, w) elsewhere; token_mask None decodes every position from the codebook."""
+        B, D, h, w = kept.shape
+        quant = self.first_stage_model.quantize.embedding(indices.reshape(B, h, w)).permute(0, 3, 1, 2)
+        if token_mask is not None:
+            quant = torch.where(token_mask.view(B, 1, h, w), quant, kept)
+        return self.first_stage_model.decode(quant)
+
+    def check_condition(self, c: Optional[torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        """The condition image (B, C_c, H_c, W_c) for `x`, validated; unconditional models take x."""
+        if self.be_unconditional:
+            return x
+        if c is None:
+            raise ValueError(f"{type(self).__name__} is conditional (cond_stage_key {self.cond_stage_key!r}): "
+                             "pass the condition image c")
+        if c.dim() != 4 or c.shape[0] != x.shape[0]:
+            raise ValueError(f"condition of shape {tuple(c.shape)} must be (B, C, H, W) with B = {x.shape[0]}")
+        conv_in = getattr(getattr(self.cond_stage_model, "encoder", None), "conv_in", None)
+        if conv_in is not None and c.shape[1] != conv_in.in_channels:
+            raise ValueError(f"condition has {c.shape[1]} channels, the condition stage expects {conv_in.in_channels}")
+        return c
+
+    def sequence_inputs(self, c_indices: torch.Tensor, extra: Optional[torch.Tensor] = None):
+        """-> (embeddings (B, E, C) or None, prefix tokens (B, P) or None, n_cond) of the sequence
+        before the grid tokens. Taming's layout: the condition tokens as a prefix."""
+        if extra is not None:
+            raise ValueError(f"{type(self).__name__} takes no extra condition features")
+        return None, c_indices, c_indices.shape[1]
+
+    @torch.no_grad()
+    def _edit(self, x, mask, c, extra, mode: str, greedy: bool, temperature: float, top_k: Optional[int],
+              seed: Optional[int], generator: Optional[torch.Generator], use_cache: bool, progress: bool,
+              return_logits: bool) -> EditResult:
+        self._check_raster_order()
+        x = x.to(self.device)
+        mask = check_pixel_mask(mask.to(self.device), x)
+        c = self.check_condition(None if c is None else c.to(self.device), x)
+        m_q = self.token_mask(x, mask)                                          # (B, L)
+        z, kept = self.encode_target(x, mask)
+        if z.shape[1] != m_q.shape[1]:
+            raise ValueError(f"latent mask of {m_q.shape[1]} tokens does not match the first stage's {z.shape[1]}")
+        if not m_q.any():  # nothing to edit: the input comes back, no transformer call
+            return EditResult(x.clone(), z, m_q, 0, None)
+        _, c_idx = self.encode_to_c(c)
+        emb, prefix, n_cond = self.sequence_inputs(c_idx, extra)
+        if mode == "local":
+            gen, allowed = m_q, la_attention_mask(m_q, n_cond, self.layout)
+            sequential = la_causal_positions(m_q, n_cond, self.layout)
+        else:  # Taming: plain causal attention, regenerate from the first masked token to the end
+            L = m_q.shape[1]
+            first = torch.where(m_q.any(1), m_q.float().argmax(1), L)            # (B,)
+            gen = torch.arange(L, device=x.device)[None] >= first[:, None]
+            n_pre = (0 if emb is None else emb.shape[1]) + (0 if prefix is None else prefix.shape[1])
+            S = n_pre + L - 1
+            allowed = torch.ones(S, S, dtype=torch.bool, device=x.device).tril().expand(x.shape[0], S, S)
+            sequential = torch.arange(S, device=x.device)[None] >= (n_pre - 1 + first)[:, None]
+        if generator is None and seed is not None:
+            generator = torch.Generator(device=x.device).manual_seed(int(seed))
+        n_codes = self.first_stage_model.quantize.n_e
+        result: SampleResult = sample_tokens(
+            self.transformer, z, gen, allowed, sequential, emb, prefix, greedy=greedy, temperature=temperature,
+            top_k=top_k, generator=generator, vocab_limit=n_codes, use_cache=use_cache, progress=progress,
+            record_logits=return_logits)
+        image = self.decode_tokens(result.indices, kept, m_q if mode == "local" else None)
+        return EditResult(image, result.indices, gen, result.steps, result.logits)
+
+    def sample_local(self, x: torch.Tensor, mask: torch.Tensor, c: Optional[torch.Tensor] = None,
+                     extra: Optional[torch.Tensor] = None, *, greedy: bool = True, temperature: float = 1.0,
+                     top_k: Optional[int] = None, seed: Optional[int] = None,
+                     generator: Optional[torch.Generator] = None, use_cache: bool = True, progress: bool = False,
+                     return_logits: bool = False) -> EditResult:
+        """Local editing (iLAT; Taming* on a Taming model): regenerate the masked tokens only.
+
+        x: (B, C, H, W) in [-1, 1]; mask: (B, 1, H, W), 1 = region to edit (may differ per element);
+        c: (B, C_c, H_c, W_c) condition image (e.g. the sketch), None for unconditional models;
+        extra: (B, E, n_embd) extra condition features (pose) where the model takes them.
+        greedy (the paper's default) or a draw at `temperature` from the `top_k` most likely codes,
+        seeded by `seed` / `generator`. Returns an `EditResult`; its image keeps everything outside
+        the mask's latent cells (Eq. 4). An empty mask returns the input without a transformer call.
+        """
+        return self._edit(x, mask, c, extra, "local", greedy, temperature, top_k, seed, generator, use_cache,
+                          progress, return_logits)
+
+    def sample_edit(self, x: torch.Tensor, mask: torch.Tensor, c: Optional[torch.Tensor] = None,
+                    extra: Optional[torch.Tensor] = None, *, greedy: bool = True, temperature: float = 1.0,
+                    top_k: Optional[int] = None, seed: Optional[int] = None,
+                    generator: Optional[torch.Generator] = None, use_cache: bool = True, progress: bool = False,
+                    return_logits: bool = False) -> EditResult:
+        """Taming's edit: keep the tokens before the first masked one, regenerate all the rest with
+        plain causal attention, decode every position from the codebook. Arguments as `sample_local`."""
+        return self._edit(x, mask, c, extra, "taming", greedy, temperature, top_k, seed, generator, use_cache,
+                          progress, return_logits)
+
+    def get_mask(self, batch, x: torch.Tensor) -> torch.Tensor:
+        if self.mask_key not in batch:
+            raise KeyError(f"the batch has no '{self.mask_key}' entry (keys: {sorted(batch)}); wrap the dataset "
+                           "in ilat_ext.data.masked.MaskedDataset or set mask_key")
+        return check_pixel_mask(self.get_input(self.mask_key, batch), x)
+
+    @torch.no_grad()
+    def log_images(self, batch, N: int = 4, **kwargs):
+        """inputs | mask | condition | reconstructions | taming (edit) | taming_star (LA mask), in [-1, 1].
+
+        Greedy edits; without a mask in the batch, the lower half of the image is edited."""
+        x = self.get_input(self.first_stage_key, batch)[:N].to(self.device)
+        c = None if self.be_unconditional else self.get_input(self.cond_stage_key, batch)[:N].to(self.device)
+        if self.mask_key in batch:
+            mask = self.get_mask({self.mask_key: batch[self.mask_key][:N]}, x)
+        else:
+            mask = torch.zeros_like(x[:, :1])
+            mask[:, :, x.shape[2] // 2:] = 1
+        z, kept = self.encode_target(x, mask)
+        log = {"inputs": x, "mask": mask * 2 - 1}
+        if c is not None and c.shape[1] in (1, 3):
+            log["condition"] = c
+        log["reconstructions"] = self.decode_tokens(z, kept, None)
+        log.update(self._log_edits(x, mask, c))
+        return log
+
+    def _log_edits(self, x, mask, c):
+        return {"taming": self.sample_edit(x, mask, c).image, "taming_star": self.sample_local(x, mask, c).image}

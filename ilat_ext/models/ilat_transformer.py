@@ -1,0 +1,165 @@
+"""iLAT transformer (Cao et al. 2021, Sec. 3.2, Eq. 5-8, Fig. 2, Fig. 3b).
+
+A Net2NetTransformer (through `ilat_ext.models.TamingTransformer`) whose first stage is a frozen
+TS-VQGAN (the target is encoded with its mask, so tokens outside the edited region never saw
+it) and whose transformer is trained with the local-autoregressive (LA) attention mask
+(`ilat_ext.masks.la_attention_mask`): the tokens to generate are autoregressive among themselves
+and see all known tokens, also later ones in the raster. The loss (Eq. 6) covers the masked
+tokens only; with `lm_rate` > 0 that fraction of each batch trains as a plain causal LM on every
+token (the release's `lm_rate`).
+
+Sequence ("start" layout, the default; the release's 514 tokens for 16x16 sketch + 16x16 image):
+
+    [c_s, c_1 .. c_N, extra features (pose), z_s, z_0 .. z_{L-2}]
+
+c_s and the condition tokens c_i use their own embedding table `cond_emb` (the release's separate
+sketch embedding), z_s is the learned `z_start`, grid tokens use the backbone's `tok_emb`. The
+"taming" layout ([c_1 .. c_N, z_0 .. z_{L-2}], one shared table) lets a public Taming
+transformer be finetuned with the LA mask.
+
+Training and sampling use the same mask, so `sample_local` can use a KV cache (see
+`ilat_ext.modules.sampling`): the condition and global positions once, then one causal position
+at a time; the authors' release instead rebuilds a different mask and reruns all 514 positions
+for every token.
+"""
+from typing import Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ilat_ext.masks import LA_LAYOUTS, la_attention_mask
+from ilat_ext.models.cond_transformer import TamingTransformer, freeze
+from ilat_ext.util import instantiate_from_config
+
+
+class ILATTransformer(TamingTransformer):
+    """Net2NetTransformer's constructor plus iLAT's options.
+
+    Args (beyond `TamingTransformer`'s):
+        layout: "start" (iLAT's sequence with start tokens and a separate condition embedding) or
+            "taming" (upstream's sequence, for finetuning Taming checkpoints).
+        lm_rate: fraction of each training batch trained with the plain causal mask and a loss on
+            every token (0 = pure LA training).
+        mask_key: batch key of the (B, H, W, 1) pixel mask, 1 = region to edit.
+        baseline_config: optional config of a trained `TamingTransformer` (with its ckpt_path) whose
+            Taming* edit `log_images` shows next to iLAT's; not part of this model's weights.
+
+    forward(x (B, C, H, W), c (B, C_c, H_c, W_c), mask (B, 1, H, W), extra=None)
+        -> (logits (B, L, V), target (B, L), loss_weight (B, L) float)
+    """
+
+    def __init__(self, transformer_config, first_stage_config, cond_stage_config, permuter_config=None,
+                 ckpt_path: Optional[str] = None, ignore_keys: Sequence[str] = (), first_stage_key: str = "image",
+                 cond_stage_key: str = "sketch", mask_key: str = "mask", layout: str = "start",
+                 lm_rate: float = 0.0, downsample_cond_size: int = -1, sos_token: int = 0,
+                 learning_rate: Optional[float] = None, weight_decay: float = 0.01,
+                 betas: Tuple[float, float] = (0.9, 0.95), warmup_steps: int = 0, decay_steps: Optional[int] = None,
+                 baseline_config=None):
+        if layout not in LA_LAYOUTS:
+            raise ValueError(f"layout must be one of {LA_LAYOUTS}, got {layout!r}")
+        if not 0.0 <= float(lm_rate) <= 1.0:
+            raise ValueError(f"lm_rate must be in [0, 1], got {lm_rate}")
+        self._layout = layout
+        super().__init__(transformer_config, first_stage_config, cond_stage_config, permuter_config=permuter_config,
+                         ckpt_path=None, first_stage_key=first_stage_key, cond_stage_key=cond_stage_key,
+                         downsample_cond_size=downsample_cond_size, sos_token=sos_token,
+                         learning_rate=learning_rate, weight_decay=weight_decay, betas=betas, mask_key=mask_key,
+                         warmup_steps=warmup_steps, decay_steps=decay_steps)
+        self.lm_rate = float(lm_rate)
+        n_embd = self.transformer.n_embd
+        n_codes = self.first_stage_model.quantize.n_e
+        if self.transformer.vocab_size < n_codes:
+            raise ValueError(f"transformer vocab_size {self.transformer.vocab_size} is smaller than the first "
+                             f"stage's codebook ({n_codes} codes)")
+        if layout == "start":
+            # condition codes + c_s (index n_cond_codes); the unconditional model has c_s only
+            self.n_cond_codes = 0 if self.be_unconditional else int(self.cond_stage_model.quantize.n_e)
+            self.cond_emb = nn.Embedding(self.n_cond_codes + 1, n_embd)
+            self.z_start = nn.Parameter(torch.zeros(1, 1, n_embd))
+            nn.init.normal_(self.cond_emb.weight, std=0.02)
+            nn.init.normal_(self.z_start, std=0.02)
+        elif self.be_unconditional:
+            raise ValueError("the taming layout needs a condition; use layout 'start' for unconditional editing")
+        self._baseline = []  # a plain list: the baseline is not a submodule and not in this model's weights
+        if baseline_config is not None:
+            self._baseline.append(freeze(instantiate_from_config(baseline_config)))
+        if ckpt_path is not None:
+            self.init_from_ckpt(ckpt_path, ignore_keys=ignore_keys)
+
+    @property
+    def layout(self) -> str:
+        return self._layout
+
+    # ------------------------------------------------------------------ sequence
+    def encode_to_c(self, c: torch.Tensor):
+        if self.be_unconditional and self.layout == "start":  # only c_s: no condition tokens
+            return None, torch.zeros(c.shape[0], 0, dtype=torch.long, device=c.device)
+        return super().encode_to_c(c)
+
+    def sequence_inputs(self, c_indices: torch.Tensor, extra: Optional[torch.Tensor] = None):
+        """-> (embeddings, prefix, n_cond). "start": embeddings [c_s, c_1..c_N, extra, z_s], no prefix."""
+        if self.layout == "taming":
+            if extra is not None:
+                raise ValueError("extra condition features need the 'start' layout")
+            return None, c_indices, c_indices.shape[1]
+        B = c_indices.shape[0]
+        c_s = torch.full((B, 1), self.n_cond_codes, dtype=torch.long, device=c_indices.device)
+        parts = [self.cond_emb(torch.cat([c_s, c_indices], dim=1))]                   # (B, 1 + N, C)
+        if extra is not None:
+            if extra.dim() != 3 or extra.shape[0] != B or extra.shape[2] != self.transformer.n_embd:
+                raise ValueError(f"extra condition features of shape {tuple(extra.shape)} must be "
+                                 f"(B={B}, E, n_embd={self.transformer.n_embd})")
+            parts.append(extra.to(parts[0].dtype))
+        n_cond = sum(p.shape[1] for p in parts)
+        parts.append(self.z_start.expand(B, 1, -1).to(parts[0].dtype))
+        return torch.cat(parts, dim=1), None, n_cond
+
+    def condition_features(self, batch) -> Optional[torch.Tensor]:
+        """Extra condition features (B, E, n_embd) from the batch; none here (the pose model adds them)."""
+        return None
+
+    # ------------------------------------------------------------------ training (Eq. 5-8)
+    def forward(self, x: torch.Tensor, c: torch.Tensor, mask: Optional[torch.Tensor] = None,
+                extra: Optional[torch.Tensor] = None):
+        """Teacher-forced logits under the LA mask; mask None = every token to generate."""
+        if mask is None:
+            mask = torch.ones_like(x[:, :1])
+        m_q = self.token_mask(x, mask)                                                 # (B, L)
+        z, _ = self.encode_target(x, mask)
+        _, c_idx = self.encode_to_c(self.check_condition(c, x))
+        emb, prefix, n_cond = self.sequence_inputs(c_idx, extra)
+        allowed = la_attention_mask(m_q, n_cond, self.layout)                          # (B, S, S)
+        weight = m_q.float()
+        if self.training and self.lm_rate > 0:
+            lm = torch.rand(x.shape[0], device=x.device) < self.lm_rate                # (B,)
+            causal = torch.ones_like(allowed[0]).tril()
+            allowed = torch.where(lm[:, None, None], causal, allowed)
+            weight = torch.where(lm[:, None], torch.ones_like(weight), weight)
+        idx = z[:, :-1] if prefix is None else torch.cat([prefix, z[:, :-1]], dim=1)
+        logits, _ = self.transformer(idx, emb, attn_mask=allowed)
+        n_pre = idx.shape[1] - (z.shape[1] - 1) + (0 if emb is None else emb.shape[1])
+        return logits[:, n_pre - 1:], z, weight
+
+    def shared_step(self, batch, batch_idx):
+        x, c = self.get_xc(batch) if not self.be_unconditional else (self.get_input(self.first_stage_key, batch), None)
+        mask = self.get_mask(batch, x)
+        logits, target, weight = self(x, c if c is not None else x, mask, self.condition_features(batch))
+        nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1), reduction="none")
+        # Eq. 6: the masked tokens only; a batch with nothing to predict gives a zero loss with a graph
+        return (nll * weight.reshape(-1)).sum() / weight.sum().clamp(min=1.0)
+
+    # ------------------------------------------------------------------ editing
+    def sample_local(self, x, mask, c=None, extra=None, **kwargs):
+        return super().sample_local(x, mask, c if not self.be_unconditional else None, extra, **kwargs)
+
+    def sample_edit(self, *args, **kwargs):
+        raise NotImplementedError("an iLAT model is trained with the LA mask only; its causal-mask edit is not a "
+                                  "baseline. Use a TamingTransformer's sample_edit for Taming.")
+
+    def _log_edits(self, x, mask, c):
+        log = {"ilat": self.sample_local(x, mask, c).image}
+        if self._baseline:
+            baseline = self._baseline[0].to(self.device)
+            log["taming_star"] = baseline.sample_local(x, mask, c).image
+        return log

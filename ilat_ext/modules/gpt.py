@@ -1,0 +1,222 @@
+"""minGPT-compatible GPT backbone with a boolean attention mask and a KV cache.
+
+The transformer of taming's Net2NetTransformer (Karpathy's minGPT, as vendored in
+`taming.modules.transformer.mingpt`) with the same constructor and parameter names
+(`tok_emb`, `pos_emb`, `blocks.{i}.{ln1,ln2,attn.{key,query,value,proj},mlp.{0,2}}`, `ln_f`,
+`head`), so public Taming transformer checkpoints load for finetuning and for Taming*
+(paper Fig. 4d). What differs, and why:
+- Attention runs through `torch.nn.functional.scaled_dot_product_attention` with an optional
+  boolean mask (B, S, S_keys): iLAT's local-autoregressive mask (Eq. 7-8,
+  `ilat_ext.masks.la_attention_mask`) instead of the fixed causal buffer.
+- Positions may be given explicitly and keys/values may be appended to a `KVCache`, so a sampler
+  can process sequence positions in any order (iLAT's cached local sampling computes condition
+  and global positions once, then one causal position at a time).
+- The causal mask is not a persistent buffer. minGPT stores it in every checkpoint as
+  `blocks.{i}.attn.mask` (block_size^2 floats per layer); those entries are checked (they must be
+  the causal pattern, with minGPT's optional `n_unmasked` prefix) and consumed when loading.
+
+The backbone interface (shared with `ilat_ext.modules.xtransformer.XTransformer`):
+
+    forward(idx (B, T) long | None, embeddings (B, E, C) | None = None, targets=None, *,
+            attn_mask (B, S, S_keys) bool | None = None, positions (B, S) | (S,) long | None = None,
+            cache: KVCache | None = None) -> (logits (B, S, vocab_size), loss | None)
+
+S = E + T: the embeddings come first (minGPT's convention). Without a mask the attention is
+causal. With a cache, S_keys = cache.length + S: the cached keys first, in the order they were
+appended, then the new ones; the new keys/values are appended to the cache.
+"""
+from types import SimpleNamespace
+from typing import List, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class KVCache:
+    """Keys and values per layer, in the order positions were processed: (B, H, N, head_dim) each."""
+
+    def __init__(self, n_layer: int):
+        self.keys: List[Optional[torch.Tensor]] = [None] * n_layer
+        self.values: List[Optional[torch.Tensor]] = [None] * n_layer
+
+    @property
+    def length(self) -> int:
+        """Positions held (read it before a forward pass: layers append one after another)."""
+        return self.layer_length(0)
+
+    def layer_length(self, layer: int) -> int:
+        return 0 if self.keys[layer] is None else self.keys[layer].shape[2]
+
+    def append(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Append (B, H, T, D) keys/values for `layer`; returns all keys/values of that layer."""
+        if self.keys[layer] is not None:
+            k = torch.cat([self.keys[layer], k], dim=2)
+            v = torch.cat([self.values[layer], v], dim=2)
+        self.keys[layer], self.values[layer] = k, v
+        return k, v
+
+
+def causal_mask(size: int, n_unmasked: int = 0, device=None) -> torch.Tensor:
+    """minGPT's mask as booleans: lower triangle, plus full attention within the first `n_unmasked`."""
+    mask = torch.ones(size, size, dtype=torch.bool, device=device).tril()
+    if n_unmasked > 0:
+        mask[:n_unmasked, :n_unmasked] = True
+    return mask
+
+
+def check_backbone_inputs(backbone: nn.Module, length: int, attn_mask: Optional[torch.Tensor],
+                          positions: Optional[torch.Tensor], cache, batch: int) -> torch.Tensor:
+    """Validates shapes shared by both backbones; returns positions as (B or 1, S) long."""
+    past = cache.length if cache is not None else 0
+    if positions is None:
+        if past:
+            raise ValueError("positions are required when the KV cache already holds keys")
+        positions = torch.arange(length)
+    positions = torch.as_tensor(positions)
+    if positions.dim() == 1:
+        positions = positions[None]
+    if positions.shape[-1] != length or positions.shape[0] not in (1, batch):
+        raise ValueError(f"positions of shape {tuple(positions.shape)} do not match the input of {length} "
+                         f"positions (batch {batch})")
+    if length == 0:
+        raise ValueError("empty input: pass idx and/or embeddings")
+    top = int(positions.max())
+    if top >= backbone.block_size or int(positions.min()) < 0:
+        raise ValueError(f"sequence position {top} is outside the backbone's block_size "
+                         f"{backbone.block_size}: the sequence is longer than this transformer was built for")
+    if attn_mask is not None:
+        want = (batch, length, past + length)
+        if attn_mask.dtype != torch.bool:
+            raise TypeError(f"attn_mask must be bool (True = may attend), got {attn_mask.dtype}")
+        if attn_mask.dim() != 3 or attn_mask.shape[0] not in (1, batch) or tuple(attn_mask.shape[1:]) != want[1:]:
+            raise ValueError(f"attn_mask of shape {tuple(attn_mask.shape)} does not match (B, S, S_keys) = {want}")
+    return positions
+
+
+class CausalSelfAttention(nn.Module):
+    """minGPT's attention (separate key/query/value/proj Linear layers) on SDPA."""
+
+    def __init__(self, n_embd: int, n_head: int, block_size: int, attn_pdrop: float = 0.0,
+                 resid_pdrop: float = 0.0, n_unmasked: int = 0):
+        super().__init__()
+        if n_embd % n_head:
+            raise ValueError(f"n_embd {n_embd} must be divisible by n_head {n_head}")
+        self.key = nn.Linear(n_embd, n_embd)
+        self.query = nn.Linear(n_embd, n_embd)
+        self.value = nn.Linear(n_embd, n_embd)
+        self.proj = nn.Linear(n_embd, n_embd)
+        self.resid_drop = nn.Dropout(resid_pdrop)
+        self.attn_pdrop = float(attn_pdrop)
+        self.n_head, self.block_size, self.n_unmasked = n_head, block_size, int(n_unmasked)
+        self._register_load_state_dict_pre_hook(self._consume_mingpt_mask)
+
+    def _consume_mingpt_mask(self, state_dict, prefix, *args):
+        """minGPT checkpoints hold the causal mask as a buffer; accept it if it is that pattern."""
+        key = prefix + "mask"
+        if key not in state_dict:
+            return
+        mask = state_dict.pop(key)
+        size = mask.shape[-1]
+        n = int(mask.reshape(size, size)[0].sum()) if size else 0
+        n_unmasked = n if n > 1 else 0
+        if not torch.equal(mask.reshape(size, size).bool(), causal_mask(size, n_unmasked, mask.device)):
+            raise ValueError(f"{key}: the checkpoint's attention mask is not minGPT's causal pattern; "
+                             "this backbone cannot reproduce it")
+        self.n_unmasked = n_unmasked
+
+    def forward(self, x: torch.Tensor, attn_mask: Optional[torch.Tensor] = None, cache: Optional[KVCache] = None,
+                layer: int = 0) -> torch.Tensor:
+        """x (B, T, C); attn_mask (B, T, T_keys) bool or None (causal) -> (B, T, C)."""
+        B, T, C = x.shape
+        heads = lambda t: t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # noqa: E731
+        q, k, v = heads(self.query(x)), heads(self.key(x)), heads(self.value(x))        # (B, H, T, D)
+        past = 0
+        if cache is not None:
+            past = cache.layer_length(layer)
+            k, v = cache.append(layer, k, v)
+        dropout = self.attn_pdrop if self.training else 0.0
+        if attn_mask is None and past == 0 and self.n_unmasked == 0:
+            y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True)
+        else:
+            if attn_mask is None:
+                attn_mask = causal_mask(past + T, self.n_unmasked, x.device)[past:][None]
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask[:, None], dropout_p=dropout)
+        y = y.transpose(1, 2).reshape(B, T, C)
+        return self.resid_drop(self.proj(y))
+
+
+class Block(nn.Module):
+    def __init__(self, n_embd: int, n_head: int, block_size: int, attn_pdrop: float, resid_pdrop: float,
+                 n_unmasked: int):
+        super().__init__()
+        self.ln1 = nn.LayerNorm(n_embd)
+        self.ln2 = nn.LayerNorm(n_embd)
+        self.attn = CausalSelfAttention(n_embd, n_head, block_size, attn_pdrop, resid_pdrop, n_unmasked)
+        self.mlp = nn.Sequential(nn.Linear(n_embd, 4 * n_embd), nn.GELU(), nn.Linear(4 * n_embd, n_embd),
+                                 nn.Dropout(resid_pdrop))
+
+    def forward(self, x, attn_mask=None, cache=None, layer=0):
+        x = x + self.attn(self.ln1(x), attn_mask, cache, layer)
+        return x + self.mlp(self.ln2(x))
+
+
+class GPT(nn.Module):
+    """minGPT with upstream's constructor (`taming.modules.transformer.mingpt.GPT`) and parameter names.
+
+    forward(idx, embeddings=None, targets=None, *, attn_mask=None, positions=None, cache=None)
+        -> (logits (B, S, vocab_size), cross-entropy loss if targets else None); see the module
+    docstring for shapes. Upstream's `Net2NetTransformer.sample()` runs on it unchanged.
+    """
+
+    def __init__(self, vocab_size: int, block_size: int, n_layer: int = 12, n_head: int = 8, n_embd: int = 256,
+                 embd_pdrop: float = 0.0, resid_pdrop: float = 0.0, attn_pdrop: float = 0.0, n_unmasked: int = 0):
+        super().__init__()
+        self.vocab_size, self.block_size = int(vocab_size), int(block_size)
+        self.n_layer, self.n_head, self.n_embd = int(n_layer), int(n_head), int(n_embd)
+        self.tok_emb = nn.Embedding(vocab_size, n_embd)
+        self.pos_emb = nn.Parameter(torch.zeros(1, block_size, n_embd))
+        self.drop = nn.Dropout(embd_pdrop)
+        self.blocks = nn.Sequential(*[Block(n_embd, n_head, block_size, attn_pdrop, resid_pdrop, n_unmasked)
+                                      for _ in range(n_layer)])
+        self.ln_f = nn.LayerNorm(n_embd)
+        self.head = nn.Linear(n_embd, vocab_size, bias=False)
+        self.apply(self._init_weights)
+        # upstream code reads `transformer.config.vocab_size` (Net2NetTransformer's pkeep corruption)
+        self.config = SimpleNamespace(vocab_size=self.vocab_size, block_size=self.block_size, n_layer=self.n_layer,
+                                      n_head=self.n_head, n_embd=self.n_embd, n_unmasked=int(n_unmasked))
+
+    def get_block_size(self) -> int:
+        return self.block_size
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            module.weight.data.normal_(mean=0.0, std=0.02)
+            if isinstance(module, nn.Linear) and module.bias is not None:
+                module.bias.data.zero_()
+        elif isinstance(module, nn.LayerNorm):
+            module.bias.data.zero_()
+            module.weight.data.fill_(1.0)
+
+    def new_cache(self) -> KVCache:
+        return KVCache(self.n_layer)
+
+    def forward(self, idx: Optional[torch.Tensor] = None, embeddings: Optional[torch.Tensor] = None,
+                targets: Optional[torch.Tensor] = None, *, attn_mask: Optional[torch.Tensor] = None,
+                positions: Optional[torch.Tensor] = None, cache: Optional[KVCache] = None):
+        parts = ([embeddings] if embeddings is not None else []) + ([self.tok_emb(idx)] if idx is not None else [])
+        if not parts:
+            raise ValueError("GPT.forward needs idx and/or embeddings")
+        x = torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]                    # (B, S, C)
+        if x.shape[-1] != self.n_embd:
+            raise ValueError(f"embeddings have width {x.shape[-1]}, the transformer has n_embd {self.n_embd}")
+        positions = check_backbone_inputs(self, x.shape[1], attn_mask, positions, cache, x.shape[0])
+        x = self.drop(x + self.pos_emb[0, positions.to(x.device)])
+        for i, block in enumerate(self.blocks):
+            x = block(x, attn_mask, cache, i)
+        logits = self.head(self.ln_f(x))
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
+        return logits, loss

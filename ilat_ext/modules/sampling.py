@@ -1,0 +1,177 @@
+"""Local autoregressive sampling over a transformer backbone (iLAT, paper Sec. 3.2, Fig. 2).
+
+Generates only the tokens to edit, in raster order, for a batch whose masks differ per element.
+The sequence is [embeddings (E), prefix tokens (P), grid tokens z_0 .. z_{L-2}]: position
+n_pre + i (n_pre = E + P) holds grid token i and position n_pre + i - 1 predicts it. This covers
+both layouts of `ilat_ext.masks.la_attention_mask`: iLAT's "start" layout passes the condition
+and the start token z_s as embeddings; taming's layout passes the condition tokens as prefix.
+
+Two ways, with identical results (tested):
+- `use_cache=False`, the authors' release's method: one full forward pass per generated token.
+- `use_cache=True`: one full forward pass fills a KV cache and gives every row that does not
+  depend on generated tokens; then the "sequential" positions (the LA mask's causal group) are
+  computed one at a time, each attending to the cache. The attention mask is the one used in
+  training, so what is computed is exactly the teacher-forced forward pass on the same tokens.
+  Rows of the first pass that read a not-yet-generated token are stale; their cache slots are
+  masked out and the position is recomputed as a new slot.
+
+The sampler checks the attention mask has the structure that makes this exact: positions holding
+tokens to generate are sequential, other rows never attend to sequential columns, and sequential
+rows attend to sequential columns at or before themselves only. The LA mask and the plain causal
+mask (Taming's edit, with every position from the first generated token on sequential) have it.
+"""
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+from tqdm.auto import tqdm
+
+
+@dataclass
+class SampleResult:
+    """indices (B, L) long: the grid tokens, generated ones filled in; steps: transformer calls made;
+    logits (B, L, V) float or None: the logits each generated token was drawn from (NaN elsewhere)."""
+    indices: torch.Tensor
+    steps: int
+    logits: Optional[torch.Tensor] = None
+
+
+def pick_tokens(logits: torch.Tensor, greedy: bool = True, temperature: float = 1.0, top_k: Optional[int] = None,
+                generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """logits (N, V) -> tokens (N,): argmax, or a draw from softmax(logits / temperature) over the top k."""
+    if greedy:
+        return logits.argmax(dim=-1)
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature} (use greedy=True for argmax)")
+    logits = logits.float() / temperature
+    if top_k is not None:
+        k = min(int(top_k), logits.shape[-1])
+        kth = torch.topk(logits, k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    probs = torch.softmax(logits, dim=-1)
+    return torch.multinomial(probs, 1, generator=generator)[:, 0]
+
+
+def check_sampling_mask(allowed: torch.Tensor, sequential: torch.Tensor, gen_mask: torch.Tensor, n_pre: int) -> None:
+    """Raises ValueError unless `allowed` lets the cached sampler reproduce the full forward pass."""
+    B, S, _ = allowed.shape
+    L = gen_mask.shape[1]
+    if n_pre < 1:
+        raise ValueError("the first grid token needs a position that predicts it: pass at least one "
+                         "embedding or prefix token (a condition or a start token)")
+    if tuple(sequential.shape) != (B, S) or allowed.shape[2] != S:
+        raise ValueError(f"attention mask {tuple(allowed.shape)} and sequential {tuple(sequential.shape)} "
+                         f"must be (B, S, S) and (B, S)")
+    if S != n_pre + L - 1:
+        raise ValueError(f"sequence of {S} positions does not match {n_pre} leading positions + {L} grid tokens - 1")
+    held = torch.zeros(B, S, dtype=torch.bool, device=gen_mask.device)
+    held[:, n_pre:] = gen_mask[:, :-1]
+    if (held & ~sequential).any():
+        raise ValueError("a position holding a token to generate is not in the sequential group")
+    seq_row, seq_col = sequential[:, :, None], sequential[:, None, :]
+    if (allowed & ~seq_row & seq_col).any():
+        raise ValueError("a non-sequential row attends to a sequential column: it would see generated tokens")
+    upper = torch.ones(S, S, dtype=torch.bool, device=allowed.device).triu(1)
+    if (allowed & seq_row & seq_col & upper).any():
+        raise ValueError("a sequential row attends to a later sequential column: raster-order sampling cannot "
+                         "reproduce it")
+
+
+@torch.no_grad()
+def sample_tokens(backbone, z: torch.Tensor, gen_mask: torch.Tensor, allowed: torch.Tensor,
+                  sequential: torch.Tensor, embeddings: Optional[torch.Tensor] = None,
+                  prefix: Optional[torch.Tensor] = None, *, greedy: bool = True, temperature: float = 1.0,
+                  top_k: Optional[int] = None, generator: Optional[torch.Generator] = None,
+                  vocab_limit: Optional[int] = None, use_cache: bool = True, progress: bool = False,
+                  record_logits: bool = False) -> SampleResult:
+    """Fill in the grid tokens where `gen_mask` is True, in raster order.
+
+    backbone: an `ilat_ext.modules.gpt.GPT`-interface transformer (GPT or XTransformer).
+    z: (B, L) long grid tokens; those under gen_mask are never read.
+    gen_mask: (B, L) bool, tokens to generate (may differ per element, may be empty).
+    allowed: (B, S, S) bool attention mask; sequential: (B, S) bool, the positions to compute in
+        order (the LA mask's causal group, `ilat_ext.masks.la_causal_positions`).
+    embeddings: (B, E, C) leading features; prefix: (B, P) leading tokens; S = E + P + L - 1.
+    vocab_limit: draw only from the first `vocab_limit` logits (a vocabulary with extra tokens).
+    Returns a `SampleResult`. No transformer call when nothing is to be generated.
+    """
+    if z.dim() != 2 or gen_mask.shape != z.shape:
+        raise ValueError(f"z {tuple(z.shape)} and gen_mask {tuple(gen_mask.shape)} must both be (B, L)")
+    B, L = z.shape
+    n_pre = (0 if embeddings is None else embeddings.shape[1]) + (0 if prefix is None else prefix.shape[1])
+    gen_mask = gen_mask.bool().to(z.device)
+    z = z.masked_fill(gen_mask, 0)  # what is generated is never read before it exists
+    logits_out = None
+    if record_logits:
+        logits_out = torch.full((B, L, int(vocab_limit or backbone.vocab_size)), float("nan"), device=z.device,
+                                dtype=next(backbone.parameters()).dtype)
+    if not gen_mask.any():
+        return SampleResult(z, 0, logits_out)
+    check_sampling_mask(allowed, sequential, gen_mask, n_pre)
+    rows = torch.arange(B, device=z.device)
+
+    def forward(tokens, **kwargs):
+        idx = tokens if prefix is None else torch.cat([prefix, tokens], dim=1)
+        logits = backbone(idx, embeddings, **kwargs)[0]
+        return logits[..., :vocab_limit] if vocab_limit else logits
+
+    def take(b_mask, token_index, logits):  # write draws for elements b_mask at grid indices (B,)
+        tokens = pick_tokens(logits, greedy, temperature, top_k, generator)
+        j = token_index.clamp(0, L - 1)
+        z[rows, j] = torch.where(b_mask, tokens, z[rows, j])
+        if logits_out is not None:
+            logits_out[rows[b_mask], j[b_mask]] = logits[b_mask].to(logits_out.dtype)
+
+    if not use_cache:
+        # The release's method: k-th generated token of every element from its own full forward pass.
+        order = torch.sort(torch.where(gen_mask, torch.arange(L, device=z.device), L), dim=1).values  # (B, L)
+        count = gen_mask.sum(1)
+        steps = int(count.max())
+        for k in tqdm(range(steps), desc="sampling (no cache)", disable=not progress, leave=False):
+            j = order[:, k]
+            active = k < count
+            logits = forward(z[:, :-1], attn_mask=allowed)                       # (B, S, V)
+            take(active, j, logits[rows, (n_pre - 1 + j).clamp(max=logits.shape[1] - 1)])
+        return SampleResult(z, steps, logits_out)
+
+    S = allowed.shape[1]
+    pos = torch.arange(S, device=z.device)
+    held = torch.zeros(B, S, dtype=torch.bool, device=z.device)
+    held[:, n_pre:] = gen_mask[:, :-1]
+    exact = ~sequential | (sequential & (held.cumsum(1) == 0))   # first-pass rows that read known inputs only
+    predicts = torch.zeros(B, S, dtype=torch.bool, device=z.device)
+    predicts[:, n_pre - 1:] = gen_mask                             # position n_pre - 1 + j predicts token j
+
+    cache = backbone.new_cache()
+    first = forward(z[:, :-1], attn_mask=allowed, cache=cache)                   # (B, S, V)
+    steps = 1
+    # Tokens whose predicting row never reads generated tokens come straight from the first pass.
+    direct = gen_mask & ~sequential[:, n_pre - 1:]                                 # (B, L)
+    for j in direct.any(0).nonzero().flatten().tolist():
+        take(direct[:, j], torch.full((B,), j, device=z.device), first[:, n_pre - 1 + j])
+
+    seq_order = torch.sort(torch.where(sequential, pos, S), dim=1).values          # (B, S), padded with S
+    count = sequential.sum(1)                                                      # (B,)
+    # A sequential position is worth computing if it predicts a generated token or a later
+    # sequential position will attend to it (all but the last one).
+    slot_pos = pos.expand(B, S)
+    slot_ok = exact.clone()
+    n_steps = int(count.max())
+    for k in tqdm(range(n_steps), desc="sampling", disable=not progress, leave=False):
+        active = k < count
+        p = seq_order[:, k].clamp(max=S - 1)                                       # (B,)
+        useful = active & (predicts[rows, p] | (k < count - 1))
+        compute = useful & ~exact[rows, p]
+        logits = first[rows, p]                                                    # (B, V)
+        if compute.any():
+            token = z[rows, (p - n_pre).clamp(min=0)]                              # the token position p holds
+            row = allowed[rows[:, None], p[:, None], slot_pos] & slot_ok & compute[:, None]
+            row = torch.cat([row, torch.ones(B, 1, dtype=torch.bool, device=z.device)], dim=1)
+            out = backbone(token[:, None], None, attn_mask=row[:, None, :], positions=p[:, None], cache=cache)[0][:, 0]
+            out = out[..., :vocab_limit] if vocab_limit else out
+            logits = torch.where(compute[:, None], out, logits)
+            slot_pos = torch.cat([slot_pos, p[:, None]], dim=1)
+            slot_ok = torch.cat([slot_ok, compute[:, None]], dim=1)
+            steps += 1
+        take(useful & predicts[rows, p], p - n_pre + 1, logits)
+    return SampleResult(z, steps, logits_out)
