@@ -34,27 +34,59 @@ from torch import nn
 
 
 class KVCache:
-    """Keys and values per layer, in the order positions were processed: (B, H, N, head_dim) each."""
+    """Keys and values per layer, in the order positions were processed: (B, H, N, head_dim) each.
 
-    def __init__(self, n_layer: int):
-        self.keys: List[Optional[torch.Tensor]] = [None] * n_layer
-        self.values: List[Optional[torch.Tensor]] = [None] * n_layer
+    Preallocated for `capacity` positions (grown by doubling when exceeded), so a decoding step
+    writes one position instead of copying the whole cache."""
+
+    def __init__(self, n_layer: int, capacity: Optional[int] = None):
+        self.capacity = capacity
+        self._k: List[Optional[torch.Tensor]] = [None] * n_layer
+        self._v: List[Optional[torch.Tensor]] = [None] * n_layer
+        self._len = [0] * n_layer
 
     @property
     def length(self) -> int:
         """Positions held (read it before a forward pass: layers append one after another)."""
-        return self.layer_length(0)
+        return self._len[0]
 
     def layer_length(self, layer: int) -> int:
-        return 0 if self.keys[layer] is None else self.keys[layer].shape[2]
+        return self._len[layer]
+
+    @property
+    def n_layer(self) -> int:
+        return len(self._len)
+
+    def get(self, layer: int) -> Tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
+        """The (B, H, N, D) keys and values held for `layer` (None, None when empty)."""
+        n = self._len[layer]
+        if self._k[layer] is None:
+            return None, None
+        return self._k[layer][:, :, :n], self._v[layer][:, :, :n]
+
+    @property
+    def keys(self) -> List[Optional[torch.Tensor]]:
+        return [None if k is None else k[:, :, :n] for k, n in zip(self._k, self._len)]
+
+    @property
+    def values(self) -> List[Optional[torch.Tensor]]:
+        return [None if v is None else v[:, :, :n] for v, n in zip(self._v, self._len)]
 
     def append(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """Append (B, H, T, D) keys/values for `layer`; returns all keys/values of that layer."""
-        if self.keys[layer] is not None:
-            k = torch.cat([self.keys[layer], k], dim=2)
-            v = torch.cat([self.values[layer], v], dim=2)
-        self.keys[layer], self.values[layer] = k, v
-        return k, v
+        n, t = self._len[layer], k.shape[2]
+        buf = self._k[layer]
+        if buf is None or n + t > buf.shape[2]:
+            size = max(self.capacity or 0, 2 * (n + t) if buf is not None else n + t)
+            new_k = k.new_empty(k.shape[0], k.shape[1], size, k.shape[3])
+            new_v = v.new_empty(v.shape[0], v.shape[1], size, v.shape[3])
+            if buf is not None:
+                new_k[:, :, :n], new_v[:, :, :n] = buf[:, :, :n], self._v[layer][:, :, :n]
+            self._k[layer], self._v[layer] = new_k, new_v
+        self._k[layer][:, :, n:n + t] = k
+        self._v[layer][:, :, n:n + t] = v
+        self._len[layer] = n + t
+        return self._k[layer][:, :, :n + t], self._v[layer][:, :, :n + t]
 
 
 def causal_mask(size: int, n_unmasked: int = 0, device=None) -> torch.Tensor:
@@ -199,8 +231,8 @@ class GPT(nn.Module):
             module.bias.data.zero_()
             module.weight.data.fill_(1.0)
 
-    def new_cache(self) -> KVCache:
-        return KVCache(self.n_layer)
+    def new_cache(self, capacity: Optional[int] = None) -> KVCache:
+        return KVCache(self.n_layer, capacity)
 
     def forward(self, idx: Optional[torch.Tensor] = None, embeddings: Optional[torch.Tensor] = None,
                 targets: Optional[torch.Tensor] = None, *, attn_mask: Optional[torch.Tensor] = None,

@@ -138,40 +138,48 @@ def sample_tokens(backbone, z: torch.Tensor, gen_mask: torch.Tensor, allowed: to
     pos = torch.arange(S, device=z.device)
     held = torch.zeros(B, S, dtype=torch.bool, device=z.device)
     held[:, n_pre:] = gen_mask[:, :-1]
-    exact = ~sequential | (sequential & (held.cumsum(1) == 0))   # first-pass rows that read known inputs only
+    exact = ~sequential | (held.cumsum(1) == 0)   # first-pass rows that read known inputs only
     predicts = torch.zeros(B, S, dtype=torch.bool, device=z.device)
     predicts[:, n_pre - 1:] = gen_mask                             # position n_pre - 1 + j predicts token j
 
-    cache = backbone.new_cache()
-    first = forward(z[:, :-1], attn_mask=allowed, cache=cache)                   # (B, S, V)
-    steps = 1
-    # Tokens whose predicting row never reads generated tokens come straight from the first pass.
-    direct = gen_mask & ~sequential[:, n_pre - 1:]                                 # (B, L)
-    for j in direct.any(0).nonzero().flatten().tolist():
-        take(direct[:, j], torch.full((B,), j, device=z.device), first[:, n_pre - 1 + j])
-
-    seq_order = torch.sort(torch.where(sequential, pos, S), dim=1).values          # (B, S), padded with S
+    # The plan, all known before the first call: element b's k-th sequential position p[b, k] is
+    # computed (as a new cache slot) unless the first pass already got it exactly; it is worth
+    # computing only if it predicts a generated token or a later sequential position attends to it.
     count = sequential.sum(1)                                                      # (B,)
-    # A sequential position is worth computing if it predicts a generated token or a later
-    # sequential position will attend to it (all but the last one).
-    slot_pos = pos.expand(B, S)
-    slot_ok = exact.clone()
-    n_steps = int(count.max())
-    for k in tqdm(range(n_steps), desc="sampling", disable=not progress, leave=False):
-        active = k < count
-        p = seq_order[:, k].clamp(max=S - 1)                                       # (B,)
-        useful = active & (predicts[rows, p] | (k < count - 1))
-        compute = useful & ~exact[rows, p]
-        logits = first[rows, p]                                                    # (B, V)
-        if compute.any():
-            token = z[rows, (p - n_pre).clamp(min=0)]                              # the token position p holds
-            row = allowed[rows[:, None], p[:, None], slot_pos] & slot_ok & compute[:, None]
-            row = torch.cat([row, torch.ones(B, 1, dtype=torch.bool, device=z.device)], dim=1)
-            out = backbone(token[:, None], None, attn_mask=row[:, None, :], positions=p[:, None], cache=cache)[0][:, 0]
-            out = out[..., :vocab_limit] if vocab_limit else out
-            logits = torch.where(compute[:, None], out, logits)
-            slot_pos = torch.cat([slot_pos, p[:, None]], dim=1)
-            slot_ok = torch.cat([slot_ok, compute[:, None]], dim=1)
-            steps += 1
-        take(useful & predicts[rows, p], p - n_pre + 1, logits)
-    return SampleResult(z, steps, logits_out)
+    K = int(count.max())
+    p = torch.sort(torch.where(sequential, pos, S), dim=1).values[:, :K].clamp(max=S - 1)  # (B, K)
+    kk = torch.arange(K, device=z.device)[None]
+    active = kk < count[:, None]
+    useful = active & (predicts.gather(1, p) | (kk < count[:, None] - 1))
+    compute = useful & ~exact.gather(1, p)                                         # (B, K)
+    takes = useful & predicts.gather(1, p)                                         # (B, K)
+    run = compute.any(0).nonzero().flatten()                                       # steps that call the model
+    P, C = p[:, run], compute[:, run]                                              # (B, R)
+    R = P.shape[1]
+    # Attention rows of the R calls over the slots [first pass (S), calls 0 .. R-1]: the LA row of
+    # the position, restricted to slots holding exact keys; a call never sees later calls.
+    to_first = allowed[rows[:, None], P] & exact[:, None, :] & C[:, :, None]      # (B, R, S)
+    to_calls = allowed[rows[:, None, None], P[:, :, None], P[:, None, :]] & C[:, None, :] & C[:, :, None]
+    to_calls &= torch.ones(R, R, dtype=torch.bool, device=z.device).tril(-1)
+    to_calls |= torch.eye(R, dtype=torch.bool, device=z.device)                   # (B, R, R)
+    rows_mask = torch.cat([to_first, to_calls], dim=2)                             # (B, R, S + R)
+
+    cache = backbone.new_cache(capacity=S + R)
+    first = forward(z[:, :-1], attn_mask=allowed, cache=cache)                   # (B, S, V)
+    # Everything predicted by a row that reads known tokens only comes from the first pass: tokens
+    # predicted by non-sequential rows, and by leading sequential rows.
+    direct = gen_mask & exact[:, n_pre - 1:]                                       # (B, L)
+    if direct.any():
+        b_idx, j_idx = direct.nonzero(as_tuple=True)
+        tokens = pick_tokens(first[b_idx, n_pre - 1 + j_idx], greedy, temperature, top_k, generator)
+        z[b_idx, j_idx] = tokens
+        if logits_out is not None:
+            logits_out[b_idx, j_idx] = first[b_idx, n_pre - 1 + j_idx].to(logits_out.dtype)
+    for r in tqdm(range(R), desc="sampling", disable=not progress, leave=False):
+        pr = P[:, r]                                                               # (B,)
+        token = z[rows, (pr - n_pre).clamp(min=0)]                                 # the token position pr holds
+        out = backbone(token[:, None], None, attn_mask=rows_mask[:, r:r + 1, :S + r + 1], positions=pr[:, None],
+                       cache=cache)[0][:, 0]                                       # (B, V)
+        out = out[..., :vocab_limit] if vocab_limit else out
+        take(takes[:, run[r]] & C[:, r], pr - n_pre + 1, out)
+    return SampleResult(z, 1 + R, logits_out)

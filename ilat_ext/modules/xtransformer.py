@@ -125,7 +125,7 @@ class XBlock(nn.Module):
             # projections and qk-norms) in front of the new ones and returns all of them as
             # `cached_kv`; the new part goes into our KVCache so that the cache object stays ours.
             past = cache.layer_length(layer)
-            previous = Intermediates(cached_kv=(cache.keys[layer], cache.values[layer])) if past else None
+            previous = Intermediates(cached_kv=cache.get(layer)) if past else None
             h, inter = self.attn(self.ln1(x), attn_mask=attn_mask[:, None], cache=previous,
                                  return_intermediates=True)
             k, v = inter.cached_kv
@@ -179,8 +179,8 @@ class XTransformer(nn.Module):
     def get_block_size(self) -> int:
         return self.block_size
 
-    def new_cache(self) -> KVCache:
-        return KVCache(self.n_layer)
+    def new_cache(self, capacity: Optional[int] = None) -> KVCache:
+        return KVCache(self.n_layer, capacity)
 
     def forward(self, idx: Optional[torch.Tensor] = None, embeddings: Optional[torch.Tensor] = None,
                 targets: Optional[torch.Tensor] = None, *, attn_mask: Optional[torch.Tensor] = None,
@@ -191,8 +191,8 @@ class XTransformer(nn.Module):
         x = torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]                    # (B, S, C)
         if x.shape[-1] != self.n_embd:
             raise ValueError(f"embeddings have width {x.shape[-1]}, the transformer has n_embd {self.n_embd}")
-        if cache is not None and len(cache.keys) != self.n_layer:
-            raise ValueError(f"the cache has {len(cache.keys)} layers, the transformer {self.n_layer}")
+        if cache is not None and cache.n_layer != self.n_layer:
+            raise ValueError(f"the cache has {cache.n_layer} layers, the transformer {self.n_layer}")
         B, S = x.shape[:2]
         past = cache.length if cache is not None else 0                                 # before any append
         positions = check_backbone_inputs(self, S, attn_mask, positions, cache, B)
