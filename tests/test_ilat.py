@@ -153,7 +153,8 @@ def _sampling_batch():
 def test_sampler_logits_equal_one_teacher_forced_pass(backbone_name, layout, dtype, atol):
     """Every generated token is drawn from exactly the logits of ONE teacher-forced LA-mask pass over
     the final tokens (cached and uncached); both give the same tokens; known tokens are kept; the
-    cached sampler runs one full pass and then single positions, far fewer positions in all."""
+    cached sampler runs one full pass and then one or two positions per call, no more calls than the
+    uncached one and far fewer positions in all."""
     backbone = _backbone(backbone_name, dtype)
     z, gen_mask = _sampling_batch()
     emb, prefix, n_pre = _layout_inputs(layout, 3, dtype)
@@ -183,7 +184,10 @@ def test_sampler_logits_equal_one_teacher_forced_pass(backbone_name, layout, dty
     assert torch.equal(results[True].indices, results[False].indices)
     assert results[False].steps == int(gen_mask.sum(1).max())
     assert calls[False] == [S] * results[False].steps           # uncached: a full pass per token
-    assert calls[True][0] == S and set(calls[True][1:]) == {1}  # cached: one full pass, then 1 position
+    # cached: one full pass, then at most one call per generated token, each of one position or
+    # two (the last holder of a run of masked tokens + the first predictor of the next run)
+    assert calls[True][0] == S and set(calls[True][1:]) <= {1, 2}
+    assert results[True].steps <= int(gen_mask.sum(1).max())
     assert sum(calls[True]) < sum(calls[False]) / 2
 
 

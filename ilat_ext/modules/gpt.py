@@ -141,7 +141,20 @@ class CausalSelfAttention(nn.Module):
         self.resid_drop = nn.Dropout(resid_pdrop)
         self.attn_pdrop = float(attn_pdrop)
         self.n_head, self.block_size, self.n_unmasked = n_head, block_size, int(n_unmasked)
+        self._fused = None  # (key of the source tensors, weight, bias) for inference
         self._register_load_state_dict_pre_hook(self._consume_mingpt_mask)
+
+    def _project_qkv(self, x: torch.Tensor):
+        """query, key, value projections; without autograd as one matmul on a fused weight (a
+        decoding step is dominated by per-call overhead), rebuilt whenever a source tensor changes."""
+        layers = (self.query, self.key, self.value)
+        if torch.is_grad_enabled():
+            return tuple(layer(x) for layer in layers)
+        tensors = [t for layer in layers for t in (layer.weight, layer.bias)]
+        key = tuple((t.data_ptr(), t._version, t.dtype, t.device) for t in tensors)
+        if self._fused is None or self._fused[0] != key:
+            self._fused = (key, torch.cat([layer.weight for layer in layers]), torch.cat([layer.bias for layer in layers]))
+        return F.linear(x, self._fused[1], self._fused[2]).chunk(3, dim=-1)
 
     def _consume_mingpt_mask(self, state_dict, prefix, *args):
         """minGPT checkpoints hold the causal mask as a buffer; accept it if it is that pattern."""
@@ -162,7 +175,7 @@ class CausalSelfAttention(nn.Module):
         """x (B, T, C); attn_mask (B, T, T_keys) bool or None (causal) -> (B, T, C)."""
         B, T, C = x.shape
         heads = lambda t: t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # noqa: E731
-        q, k, v = heads(self.query(x)), heads(self.key(x)), heads(self.value(x))        # (B, H, T, D)
+        q, k, v = (heads(t) for t in self._project_qkv(x))                            # (B, H, T, D)
         past = 0
         if cache is not None:
             past = cache.layer_length(layer)

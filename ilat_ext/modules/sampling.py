@@ -6,11 +6,12 @@ n_pre + i (n_pre = E + P) holds grid token i and position n_pre + i - 1 predicts
 both layouts of `ilat_ext.masks.la_attention_mask`: iLAT's "start" layout passes the condition
 and the start token z_s as embeddings; taming's layout passes the condition tokens as prefix.
 
-Two ways, with identical results (tested):
+Two ways, with identical results for greedy decoding (tested; random draws consume the
+generator in a different order):
 - `use_cache=False`, the authors' release's method: one full forward pass per generated token.
 - `use_cache=True`: one full forward pass fills a KV cache and gives every row that does not
   depend on generated tokens; then the "sequential" positions (the LA mask's causal group) are
-  computed one at a time, each attending to the cache. The attention mask is the one used in
+  computed in order, a few at a time (one call per generated token), attending to the cache. The attention mask is the one used in
   training, so what is computed is exactly the teacher-forced forward pass on the same tokens.
   Rows of the first pass that read a not-yet-generated token are stale; their cache slots are
   masked out and the position is recomputed as a new slot.
@@ -142,44 +143,65 @@ def sample_tokens(backbone, z: torch.Tensor, gen_mask: torch.Tensor, allowed: to
     predicts = torch.zeros(B, S, dtype=torch.bool, device=z.device)
     predicts[:, n_pre - 1:] = gen_mask                             # position n_pre - 1 + j predicts token j
 
-    # The plan, all known before the first call: element b's k-th sequential position p[b, k] is
-    # computed (as a new cache slot) unless the first pass already got it exactly; it is worth
-    # computing only if it predicts a generated token or a later sequential position attends to it.
+    # The plan, all known before the first call. Element b's sequential positions are computed in
+    # order as new cache slots, except those the first pass already got exactly; a position is
+    # worth computing only if it predicts a generated token or a later sequential position attends
+    # to it. Positions whose inputs are known go into one call: a call ends at the first position
+    # that predicts a generated token (the next position holds that token), so a run boundary
+    # (the last holder of one run + the first predictor of the next) costs one call, not two.
     count = sequential.sum(1)                                                      # (B,)
-    K = int(count.max())
-    p = torch.sort(torch.where(sequential, pos, S), dim=1).values[:, :K].clamp(max=S - 1)  # (B, K)
-    kk = torch.arange(K, device=z.device)[None]
-    active = kk < count[:, None]
-    useful = active & (predicts.gather(1, p) | (kk < count[:, None] - 1))
-    compute = useful & ~exact.gather(1, p)                                         # (B, K)
-    takes = useful & predicts.gather(1, p)                                         # (B, K)
-    run = compute.any(0).nonzero().flatten()                                       # steps that call the model
-    P, C = p[:, run], compute[:, run]                                              # (B, R)
-    R = P.shape[1]
-    # Attention rows of the R calls over the slots [first pass (S), calls 0 .. R-1]: the LA row of
-    # the position, restricted to slots holding exact keys; a call never sees later calls.
-    to_first = allowed[rows[:, None], P] & exact[:, None, :] & C[:, :, None]      # (B, R, S)
-    to_calls = allowed[rows[:, None, None], P[:, :, None], P[:, None, :]] & C[:, None, :] & C[:, :, None]
-    to_calls &= torch.ones(R, R, dtype=torch.bool, device=z.device).tril(-1)
-    to_calls |= torch.eye(R, dtype=torch.bool, device=z.device)                   # (B, R, R)
-    rows_mask = torch.cat([to_first, to_calls], dim=2)                             # (B, R, S + R)
+    order = torch.sort(torch.where(sequential, pos, S), dim=1).values              # (B, S), padded with S
+    kk = torch.arange(S, device=z.device)[None]
+    p_all = order.clamp(max=S - 1)
+    useful = (kk < count[:, None]) & (predicts.gather(1, p_all) | (kk < count[:, None] - 1))
+    compute = useful & ~exact.gather(1, p_all)                                     # (B, S)
+    takes = compute & predicts.gather(1, p_all)
+    # Call index of every computed position (the number of takes before it) and its rank in the call.
+    call_of = torch.where(compute, torch.cumsum(takes.long(), dim=1) - takes.long(), S)     # (B, S); S = none
+    n_calls = int(call_of[compute].max()) + 1 if compute.any() else 0
+    ordinal = torch.cumsum(compute.long(), dim=1) - 1                              # among computed positions
+    first = torch.full((B, S + 1), S, dtype=torch.long, device=z.device)
+    first = first.scatter_reduce(1, call_of, ordinal, "amin", include_self=True)   # first ordinal of each call
+    rank = ordinal - first.gather(1, call_of)                                      # (B, S)
+    width = int(rank[compute].max()) + 1 if compute.any() else 1
+    b_idx, k_idx = compute.nonzero(as_tuple=True)
+    flat = call_of[b_idx, k_idx] * width + rank[b_idx, k_idx]                      # query slot of each one
+    q_pos = torch.zeros(B, n_calls * width, dtype=torch.long, device=z.device)
+    q_ok = torch.zeros(B, n_calls * width, dtype=torch.bool, device=z.device)
+    q_take = torch.zeros(B, n_calls * width, dtype=torch.bool, device=z.device)
+    q_pos[b_idx, flat] = p_all[b_idx, k_idx]
+    q_ok[b_idx, flat] = True
+    q_take[b_idx, flat] = takes[b_idx, k_idx]
+    slot_pos = torch.cat([pos.expand(B, S), q_pos], dim=1)                         # (B, N)
+    slot_ok = torch.cat([exact, q_ok], dim=1)                                      # (B, N)
+    # The LA rows of every query over every slot; a query cannot see later calls' slots because
+    # those hold later causal positions. Padding queries see their own slot only.
+    row_masks = allowed[rows[:, None, None], q_pos[:, :, None], slot_pos[:, None, :]]
+    row_masks &= slot_ok[:, None, :] & q_ok[:, :, None]                             # (B, Q, N)
+    pad_b, pad_q = (~q_ok).nonzero(as_tuple=True)
+    row_masks[pad_b, pad_q, S + pad_q] = True
+    held_idx = (q_pos - n_pre).clamp(min=0)                                        # grid token each query holds
+    take_at = q_take.view(B, n_calls, width).float().argmax(2)                     # (B, n_calls)
+    take_any = q_take.view(B, n_calls, width).any(2)                               # (B, n_calls)
 
-    cache = backbone.new_cache(capacity=S + R)
+    cache = backbone.new_cache(capacity=slot_pos.shape[1])
     first = forward(z[:, :-1], attn_mask=allowed, cache=cache)                   # (B, S, V)
     # Everything predicted by a row that reads known tokens only comes from the first pass: tokens
     # predicted by non-sequential rows, and by leading sequential rows.
     direct = gen_mask & exact[:, n_pre - 1:]                                       # (B, L)
     if direct.any():
         b_idx, j_idx = direct.nonzero(as_tuple=True)
-        tokens = pick_tokens(first[b_idx, n_pre - 1 + j_idx], greedy, temperature, top_k, generator)
-        z[b_idx, j_idx] = tokens
+        logits = first[b_idx, n_pre - 1 + j_idx]
+        z[b_idx, j_idx] = pick_tokens(logits, greedy, temperature, top_k, generator)
         if logits_out is not None:
-            logits_out[b_idx, j_idx] = first[b_idx, n_pre - 1 + j_idx].to(logits_out.dtype)
-    for r in tqdm(range(R), desc="sampling", disable=not progress, leave=False):
-        pr = P[:, r]                                                               # (B,)
-        token = z[rows, (pr - n_pre).clamp(min=0)]                                 # the token position pr holds
-        out = backbone(token[:, None], None, attn_mask=rows_mask[:, r:r + 1, :S + r + 1], positions=pr[:, None],
-                       cache=cache)[0][:, 0]                                       # (B, V)
-        out = out[..., :vocab_limit] if vocab_limit else out
-        take(takes[:, run[r]] & C[:, r], pr - n_pre + 1, out)
-    return SampleResult(z, 1 + R, logits_out)
+            logits_out[b_idx, j_idx] = logits.to(logits_out.dtype)
+    for r in tqdm(range(n_calls), desc="sampling", disable=not progress, leave=False):
+        lo, hi = r * width, (r + 1) * width
+        token = z.gather(1, held_idx[:, lo:hi])                                     # (B, T)
+        out = backbone(token, None, attn_mask=row_masks[:, lo:hi, :S + hi], positions=q_pos[:, lo:hi],
+                       cache=cache)[0]                                             # (B, T, V)
+        t = take_at[:, r]
+        logits = out[rows, t]
+        logits = logits[..., :vocab_limit] if vocab_limit else logits
+        take(take_any[:, r], q_pos[rows, lo + t] - n_pre + 1, logits)
+    return SampleResult(z, 1 + n_calls, logits_out)

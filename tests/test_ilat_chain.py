@@ -1,0 +1,81 @@
+"""The toy iLAT / Taming configs through main.py, the chain from trained stages, and the sampling benchmark."""
+import glob
+import json
+import os
+import runpy
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from ilat_ext import main as cli
+from ilat_ext.models import ILATTransformer, TamingTransformer
+from ilat_ext.runs import load_run
+from ilat_ext.util import instantiate_from_config
+from tests.helpers import REPO
+
+SMALL = ["model.params.transformer_config.params.n_layer=1", "model.params.transformer_config.params.n_embd=32",
+         "model.params.transformer_config.params.n_head=2", "data.params.batch_size=2",
+         "data.params.train.params.dataset.params.length=4", "data.params.validation.params.dataset.params.length=2",
+         "lightning.trainer.val_check_interval=1.0", "lightning.callbacks.image_logger.params.max_images=2"]
+
+
+def _stage_ckpts(tmp_path):
+    """Untrained toy TS-VQGAN and sketch VQGAN checkpoints, built from the toy configs' own params."""
+    cfg = OmegaConf.load(os.path.join(REPO, "configs", "toy", "ilat.yaml")).model.params
+    paths = {}
+    for name in ("first_stage_config", "cond_stage_config"):
+        stage_cfg = cfg[name].copy()
+        stage_cfg.params.ckpt_path = None
+        stage_cfg.params.lossconfig = {"target": "ilat_ext.modules.losses.VQLPIPSWithDiscriminator",
+                                       "params": {"disc_start": 0, "perceptual_weight": 0.0,
+                                                  "disc_in_channels": stage_cfg.params.ddconfig.in_channels}}
+        model = instantiate_from_config(stage_cfg)
+        paths[name] = str(tmp_path / f"{name}.ckpt")
+        torch.save({"state_dict": model.state_dict(), "global_step": 0}, paths[name])
+    return paths
+
+
+@pytest.mark.parametrize("name, cls", [("ilat", ILATTransformer), ("taming", TamingTransformer)])
+def test_toy_transformer_configs_train_through_main_and_edit(tmp_path, monkeypatch, name, cls):
+    """Both toy configs train through main.py from stage checkpoints (which load with their GAN loss
+    ignored), write image grids with the edits, and the run reads back for editing with Eq. 4."""
+    paths = _stage_ckpts(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    trainer = cli.main(["-l", str(tmp_path / "logs"), "--base", os.path.join(REPO, "configs", "toy", f"{name}.yaml"),
+                        "-t", "--max_steps", "2",
+                        f"model.params.first_stage_config.params.ckpt_path={paths['first_stage_config']}",
+                        f"model.params.cond_stage_config.params.ckpt_path={paths['cond_stage_config']}"] + SMALL)
+    assert trainer.global_step == 2
+    run = glob.glob(str(tmp_path / "logs" / "*"))[0]
+    edits = glob.glob(os.path.join(run, "images", "val", ("ilat" if name == "ilat" else "taming_star") + "_*.png"))
+    assert edits and glob.glob(os.path.join(run, "images", "val", "overview_*.png"))
+    model, _ = load_run(run)
+    assert isinstance(model, cls)
+    assert model.first_stage_model.ckpt_load_report.missing == []        # the stage loaded completely
+    scheduler = trainer.lr_scheduler_configs[0]
+    assert scheduler.interval == "step"                                   # warm-up + linear decay per batch
+
+    from ilat_ext.data import ToyFaces
+    from ilat_ext.data.masked import MaskedDataset
+    data = MaskedDataset(ToyFaces(size=64, length=2, split="test", mask=False, sketch=True),
+                         mask_source={"free_form_area": [0.1, 0.2], "mode_probs": {"partial": 1.0}})
+    batch = torch.utils.data.default_collate([data[0], data[1]])
+    x, c = model.get_input("image", batch), model.get_input("sketch", batch)
+    mask = model.get_mask(batch, x)
+    edit = model.sample_local(x, mask, c)
+    kept, _ = model.encode_target(x, mask)
+    assert torch.equal(edit.indices[~edit.token_mask], kept[~edit.token_mask])
+    assert edit.image.shape == x.shape and torch.isfinite(edit.image).all()
+
+
+def test_sampling_benchmark_runs_and_reports(capsys):
+    """The benchmark on a tiny model: a table and a last JSON line with the keys the README names."""
+    main = runpy.run_path(os.path.join(REPO, "scripts", "benchmark_sampling.py"))["main"]
+    summary = main(["--n-layer", "1", "--n-head", "2", "--n-embd", "32", "--vocab", "64", "--grid", "6",
+                    "--repeats", "1", "--repeats-full", "1", "--rates", "0.066", "1.0"])
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert json.loads(last) == json.loads(json.dumps(summary))
+    for key in ("speedup_vs_taming_sample", "speedup_vs_uncached", "ratio_to_one_forward", "batch8_throughput_gain"):
+        assert summary[key] > 0
+    assert summary["rows"][-1]["tokens"] == 36 and summary["rows"][0]["tokens"] == 2
