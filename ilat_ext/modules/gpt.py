@@ -126,6 +126,45 @@ def check_backbone_inputs(backbone: nn.Module, length: int, attn_mask: Optional[
     return positions
 
 
+class BackboneMixin:
+    """What both backbones share: embedding the inputs with their checks, the blocks loop, head and
+    loss. A backbone has `tok_emb`, `pos_emb` (1, block_size, n_embd), `drop`, `blocks` (each
+    `block(x, attn_mask, cache, layer)`), `ln_f`, `head`, and the sizes as attributes."""
+
+    def get_block_size(self) -> int:
+        return self.block_size
+
+    def new_cache(self, capacity: Optional[int] = None) -> KVCache:
+        return KVCache(self.n_layer, capacity)
+
+    def prepare_mask(self, attn_mask: Optional[torch.Tensor], past: int, length: int, device) -> Optional[torch.Tensor]:
+        """The mask the blocks get; None means causal (the attention handles it)."""
+        return attn_mask
+
+    def forward(self, idx: Optional[torch.Tensor] = None, embeddings: Optional[torch.Tensor] = None,
+                targets: Optional[torch.Tensor] = None, *, attn_mask: Optional[torch.Tensor] = None,
+                positions: Optional[torch.Tensor] = None, cache: Optional[KVCache] = None):
+        parts = ([embeddings] if embeddings is not None else []) + ([self.tok_emb(idx)] if idx is not None else [])
+        if not parts:
+            raise ValueError(f"{type(self).__name__}.forward needs idx and/or embeddings")
+        x = torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]                    # (B, S, C)
+        if x.shape[-1] != self.n_embd:
+            raise ValueError(f"embeddings have width {x.shape[-1]}, the transformer has n_embd {self.n_embd}")
+        if cache is not None and cache.n_layer != self.n_layer:
+            raise ValueError(f"the cache has {cache.n_layer} layers, the transformer {self.n_layer}")
+        past = cache.length if cache is not None else 0                                 # before any append
+        positions = check_backbone_inputs(self, x.shape[1], attn_mask, positions, cache, x.shape[0])
+        attn_mask = self.prepare_mask(attn_mask, past, x.shape[1], x.device)
+        x = self.drop(x + self.pos_emb[0, positions.to(x.device)])
+        for i, block in enumerate(self.blocks):
+            x = block(x, attn_mask, cache, i)
+        logits = self.head(self.ln_f(x))
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
+        return logits, loss
+
+
 class CausalSelfAttention(nn.Module):
     """minGPT's attention (separate key/query/value/proj Linear layers) on SDPA."""
 
@@ -206,7 +245,7 @@ class Block(nn.Module):
         return x + self.mlp(self.ln2(x))
 
 
-class GPT(nn.Module):
+class GPT(BackboneMixin, nn.Module):
     """minGPT with upstream's constructor (`taming.modules.transformer.mingpt.GPT`) and parameter names.
 
     forward(idx, embeddings=None, targets=None, *, attn_mask=None, positions=None, cache=None)
@@ -231,9 +270,6 @@ class GPT(nn.Module):
         self.config = SimpleNamespace(vocab_size=self.vocab_size, block_size=self.block_size, n_layer=self.n_layer,
                                       n_head=self.n_head, n_embd=self.n_embd, n_unmasked=int(n_unmasked))
 
-    def get_block_size(self) -> int:
-        return self.block_size
-
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
         if isinstance(module, (nn.Linear, nn.Embedding)):
@@ -243,25 +279,3 @@ class GPT(nn.Module):
         elif isinstance(module, nn.LayerNorm):
             module.bias.data.zero_()
             module.weight.data.fill_(1.0)
-
-    def new_cache(self, capacity: Optional[int] = None) -> KVCache:
-        return KVCache(self.n_layer, capacity)
-
-    def forward(self, idx: Optional[torch.Tensor] = None, embeddings: Optional[torch.Tensor] = None,
-                targets: Optional[torch.Tensor] = None, *, attn_mask: Optional[torch.Tensor] = None,
-                positions: Optional[torch.Tensor] = None, cache: Optional[KVCache] = None):
-        parts = ([embeddings] if embeddings is not None else []) + ([self.tok_emb(idx)] if idx is not None else [])
-        if not parts:
-            raise ValueError("GPT.forward needs idx and/or embeddings")
-        x = torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]                    # (B, S, C)
-        if x.shape[-1] != self.n_embd:
-            raise ValueError(f"embeddings have width {x.shape[-1]}, the transformer has n_embd {self.n_embd}")
-        positions = check_backbone_inputs(self, x.shape[1], attn_mask, positions, cache, x.shape[0])
-        x = self.drop(x + self.pos_emb[0, positions.to(x.device)])
-        for i, block in enumerate(self.blocks):
-            x = block(x, attn_mask, cache, i)
-        logits = self.head(self.ln_f(x))
-        loss = None
-        if targets is not None:
-            loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
-        return logits, loss

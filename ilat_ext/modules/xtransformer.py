@@ -34,12 +34,11 @@ from types import SimpleNamespace
 from typing import Any, Dict, Optional
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from x_transformers.attend import Intermediates
 from x_transformers.x_transformers import Attention, FeedForward
 
-from ilat_ext.modules.gpt import KVCache, causal_mask, check_backbone_inputs
+from ilat_ext.modules.gpt import BackboneMixin, KVCache, causal_mask
 
 # Attention options that act on each query/key/value on its own (or on a whole row of scores), so
 # attention stays invariant to the order of keys, and that work with SDPA, a boolean mask and
@@ -134,7 +133,7 @@ class XBlock(nn.Module):
         return x + self.ff(self.ln2(x))
 
 
-class XTransformer(nn.Module):
+class XTransformer(BackboneMixin, nn.Module):
     """Pre-norm transformer of x-transformers Attention/FeedForward blocks with the GPT backbone interface.
 
     forward(idx, embeddings=None, targets=None, *, attn_mask=None, positions=None, cache=None)
@@ -176,35 +175,9 @@ class XTransformer(nn.Module):
         self.config = SimpleNamespace(vocab_size=self.vocab_size, block_size=self.block_size,
                                       n_layer=self.n_layer, n_head=self.n_head, n_embd=self.n_embd)
 
-    def get_block_size(self) -> int:
-        return self.block_size
-
-    def new_cache(self, capacity: Optional[int] = None) -> KVCache:
-        return KVCache(self.n_layer, capacity)
-
-    def forward(self, idx: Optional[torch.Tensor] = None, embeddings: Optional[torch.Tensor] = None,
-                targets: Optional[torch.Tensor] = None, *, attn_mask: Optional[torch.Tensor] = None,
-                positions: Optional[torch.Tensor] = None, cache: Optional[KVCache] = None):
-        parts = ([embeddings] if embeddings is not None else []) + ([self.tok_emb(idx)] if idx is not None else [])
-        if not parts:
-            raise ValueError("XTransformer.forward needs idx and/or embeddings")
-        x = torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]                    # (B, S, C)
-        if x.shape[-1] != self.n_embd:
-            raise ValueError(f"embeddings have width {x.shape[-1]}, the transformer has n_embd {self.n_embd}")
-        if cache is not None and cache.n_layer != self.n_layer:
-            raise ValueError(f"the cache has {cache.n_layer} layers, the transformer {self.n_layer}")
-        B, S = x.shape[:2]
-        past = cache.length if cache is not None else 0                                 # before any append
-        positions = check_backbone_inputs(self, S, attn_mask, positions, cache, B)
+    def prepare_mask(self, attn_mask, past, length, device):
+        # x-transformers' Attention gets an explicit mask always (its SDPA path ignores a per-call
+        # `causal`): causal in processing order, as GPT's.
         if attn_mask is None:
-            # Causal in processing order (as GPT): new position i sees every cached key and new keys <= i.
-            attn_mask = causal_mask(past + S, device=x.device)[past:][None]           # (1, S, past + S)
-        x = self.drop(x + self.pos_emb[0, positions.to(x.device)])
-        attn_mask = attn_mask.to(x.device)
-        for i, block in enumerate(self.blocks):
-            x = block(x, attn_mask, cache, i)
-        logits = self.head(self.ln_f(x))
-        loss = None
-        if targets is not None:
-            loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
-        return logits, loss
+            return causal_mask(past + length, device=device)[past:][None]            # (1, S, past + S)
+        return attn_mask.to(device)
