@@ -138,7 +138,7 @@ class ILATTransformer(TamingTransformer):
             weight = torch.where(lm[:, None], torch.ones_like(weight), weight)
         idx = z[:, :-1] if prefix is None else torch.cat([prefix, z[:, :-1]], dim=1)
         logits, _ = self.transformer(idx, emb, attn_mask=allowed)
-        n_pre = idx.shape[1] - (z.shape[1] - 1) + (0 if emb is None else emb.shape[1])
+        n_pre = (0 if emb is None else emb.shape[1]) + (0 if prefix is None else prefix.shape[1])
         return logits[:, n_pre - 1:], z, weight
 
     def shared_step(self, batch, batch_idx):
@@ -150,9 +150,6 @@ class ILATTransformer(TamingTransformer):
         return (nll * weight.reshape(-1)).sum() / weight.sum().clamp(min=1.0)
 
     # ------------------------------------------------------------------ editing
-    def sample_local(self, x, mask, c=None, extra=None, **kwargs):
-        return super().sample_local(x, mask, c if not self.be_unconditional else None, extra, **kwargs)
-
     def sample_edit(self, *args, **kwargs):
         raise NotImplementedError("an iLAT model is trained with the LA mask only; its causal-mask edit is not a "
                                   "baseline. Use a TamingTransformer's sample_edit for Taming.")
