@@ -19,10 +19,11 @@ setup(
         "taming-transformers==0.0.1",
         "requests",
         "numpy",
+        "scipy",          # Penn Action .mat label files
         "pillow",
         "tqdm",
         "tensorboard",
     ],
-    extras_require={"test": ["pytest>=7"]},
+    extras_require={"test": ["pytest>=7", "scikit-image>=0.19"]}  # SSIM reference in tests,
     entry_points={"console_scripts": ["ilat-main=ilat_ext.main:main"]},
 )
