@@ -139,6 +139,39 @@ def test_la_mask_does_not_leak_at_any_depth(backbone_name, layout):
     assert checked >= 20
 
 
+def test_out_rows_and_decode_equal_the_full_forward(backbone_name):
+    """`out_rows` (the sampler's first pass) gives exactly the full pass's logits at those rows and
+    fills the same cache; GPT's functional `decode` step equals a cached forward call."""
+    backbone = _backbone(backbone_name, torch.float64)
+    z, gen_mask = _sampling_batch()
+    emb, prefix, n_pre = _layout_inputs("start", 3, torch.float64)
+    allowed = la_attention_mask(gen_mask, N_COND, "start")
+    idx = z[:, :-1]
+    rows = torch.tensor([[0, 5, 9], [3, 3, 20], [n_pre + L - 2, 1, 2]])
+    with torch.no_grad():
+        full_cache, rows_cache = backbone.new_cache(), backbone.new_cache()
+        full = backbone(idx, emb, attn_mask=allowed, cache=full_cache)[0]
+        part = backbone(idx, emb, attn_mask=allowed, cache=rows_cache, out_rows=rows)[0]
+        torch.testing.assert_close(part, full.gather(1, rows[:, :, None].expand(-1, -1, full.shape[-1])),
+                                   atol=1e-12, rtol=0)
+        for k_full, k_rows in zip(full_cache.keys + full_cache.values, rows_cache.keys + rows_cache.values):
+            torch.testing.assert_close(k_full, k_rows, atol=1e-12, rtol=0)
+        S = allowed.shape[1]
+        token = torch.randint(VOCAB, (3, 2), generator=torch.Generator().manual_seed(1))
+        positions = torch.tensor([[S - 2, S - 1]] * 3)
+        mask = torch.rand(3, 2, S + 2, generator=torch.Generator().manual_seed(2)) < 0.7
+        mask[:, :, 0] = True
+        a, b = backbone.new_cache(), backbone.new_cache()
+        backbone(idx, emb, attn_mask=allowed, cache=a)
+        backbone(idx, emb, attn_mask=allowed, cache=b)
+        ref = backbone(token, None, attn_mask=mask, positions=positions, cache=a)[0]
+        if hasattr(backbone, "decode"):
+            torch.testing.assert_close(backbone.decode(token, positions, mask, b), ref, atol=1e-12, rtol=0)
+            assert b.length == a.length
+    with pytest.raises(ValueError, match="out_rows"):
+        backbone(idx, emb, attn_mask=allowed, out_rows=torch.tensor([[S]] * 3))
+
+
 def _sampling_batch():
     """3 grid masks of different sizes (two runs incl. token 0, a 2-D block, empty) and tokens."""
     gen_mask = torch.zeros(3, L, dtype=torch.bool)
@@ -161,8 +194,12 @@ def test_sampler_logits_equal_one_teacher_forced_pass(backbone_name, layout, dty
     allowed = la_attention_mask(gen_mask, N_COND, layout)
     sequential = la_causal_positions(gen_mask, N_COND, layout)
     S = allowed.shape[1]
-    queries = []  # query positions of every transformer call
-    hook = backbone.register_forward_hook(lambda mod, args, out: queries.append(out[0].shape[1]))
+    queries = []  # input positions of every transformer call (forward, or a backbone's decode step)
+    hook = backbone.register_forward_hook(
+        lambda mod, args, out: queries.append(sum(a.shape[1] for a in args[:2] if a is not None)))
+    if hasattr(backbone, "decode"):
+        decode = backbone.decode
+        backbone.decode = lambda idx, *a: (queries.append(idx.shape[1]), decode(idx, *a))[1]
     results, calls = {}, {}
     try:
         for use_cache in (True, False):

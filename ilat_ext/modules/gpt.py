@@ -141,9 +141,18 @@ class BackboneMixin:
         """The mask the blocks get; None means causal (the attention handles it)."""
         return attn_mask
 
+    def last_block_rows(self, block, x, attn_mask, cache, layer: int, rows: torch.Tensor) -> torch.Tensor:
+        """The last block's output at `rows` (B, R) only. Generic: the whole block, then the rows."""
+        x = block(x, attn_mask, cache, layer)
+        return x.gather(1, rows[:, :, None].expand(-1, -1, x.shape[-1]))
+
     def forward(self, idx: Optional[torch.Tensor] = None, embeddings: Optional[torch.Tensor] = None,
                 targets: Optional[torch.Tensor] = None, *, attn_mask: Optional[torch.Tensor] = None,
-                positions: Optional[torch.Tensor] = None, cache: Optional[KVCache] = None):
+                positions: Optional[torch.Tensor] = None, cache: Optional[KVCache] = None,
+                out_rows: Optional[torch.Tensor] = None):
+        """See the module docstring. out_rows (B, R) long: return logits (B, R, V) of these input
+        positions only (a sampler's first pass needs a few rows; the last block and the head then
+        skip the others' queries, feed-forward and vocabulary projection)."""
         parts = ([embeddings] if embeddings is not None else []) + ([self.tok_emb(idx)] if idx is not None else [])
         if not parts:
             raise ValueError(f"{type(self).__name__}.forward needs idx and/or embeddings")
@@ -156,8 +165,20 @@ class BackboneMixin:
         positions = check_backbone_inputs(self, x.shape[1], attn_mask, positions, cache, x.shape[0])
         attn_mask = self.prepare_mask(attn_mask, past, x.shape[1], x.device)
         x = self.drop(x + self.pos_emb[0, positions.to(x.device)])
+        if out_rows is not None:
+            if targets is not None:
+                raise ValueError("out_rows and targets cannot be combined")
+            out_rows = out_rows.to(x.device)
+            if out_rows.dim() != 2 or out_rows.shape[0] != x.shape[0] or out_rows.numel() == 0:
+                raise ValueError(f"out_rows of shape {tuple(out_rows.shape)} must be (B={x.shape[0]}, R>0)")
+            if int(out_rows.min()) < 0 or int(out_rows.max()) >= x.shape[1]:
+                raise ValueError(f"out_rows must index the {x.shape[1]} input positions")
+        last = len(self.blocks) - 1
         for i, block in enumerate(self.blocks):
-            x = block(x, attn_mask, cache, i)
+            if i == last and out_rows is not None:
+                x = self.last_block_rows(block, x, attn_mask, cache, i, out_rows)
+            else:
+                x = block(x, attn_mask, cache, i)
         logits = self.head(self.ln_f(x))
         loss = None
         if targets is not None:
@@ -210,23 +231,30 @@ class CausalSelfAttention(nn.Module):
         self.n_unmasked = n_unmasked
 
     def forward(self, x: torch.Tensor, attn_mask: Optional[torch.Tensor] = None, cache: Optional[KVCache] = None,
-                layer: int = 0) -> torch.Tensor:
-        """x (B, T, C); attn_mask (B, T, T_keys) bool or None (causal) -> (B, T, C)."""
+                layer: int = 0, rows: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """x (B, T, C); attn_mask (B, T, T_keys) bool or None (causal) -> (B, T, C); with rows (B, R)
+        long, keys/values of all T positions but queries (and output) at those rows only: (B, R, C)."""
         B, T, C = x.shape
-        heads = lambda t: t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # noqa: E731
-        q, k, v = (heads(t) for t in self._project_qkv(x))                            # (B, H, T, D)
+        heads = lambda t: t.view(B, t.shape[1], self.n_head, C // self.n_head).transpose(1, 2)  # noqa: E731
+        if rows is None:
+            q, k, v = (heads(t) for t in self._project_qkv(x))                        # (B, H, T, D)
+        else:
+            k, v = heads(self.key(x)), heads(self.value(x))                           # (B, H, T, D)
+            q = heads(self.query(x.gather(1, rows[:, :, None].expand(-1, -1, C))))    # (B, H, R, D)
         past = 0
         if cache is not None:
             past = cache.layer_length(layer)
             k, v = cache.append(layer, k, v)
         dropout = self.attn_pdrop if self.training else 0.0
-        if attn_mask is None and past == 0 and self.n_unmasked == 0:
+        if attn_mask is None and past == 0 and self.n_unmasked == 0 and rows is None:
             y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True)
         else:
             if attn_mask is None:
                 attn_mask = causal_mask(past + T, self.n_unmasked, x.device)[past:][None]
+            if rows is not None:
+                attn_mask = attn_mask.expand(B, -1, -1).gather(1, rows[:, :, None].expand(-1, -1, attn_mask.shape[2]))
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask[:, None], dropout_p=dropout)
-        y = y.transpose(1, 2).reshape(B, T, C)
+        y = y.transpose(1, 2).reshape(B, q.shape[2], C)
         return self.resid_drop(self.proj(y))
 
 
@@ -240,8 +268,10 @@ class Block(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(n_embd, 4 * n_embd), nn.GELU(), nn.Linear(4 * n_embd, n_embd),
                                  nn.Dropout(resid_pdrop))
 
-    def forward(self, x, attn_mask=None, cache=None, layer=0):
-        x = x + self.attn(self.ln1(x), attn_mask, cache, layer)
+    def forward(self, x, attn_mask=None, cache=None, layer=0, rows=None):
+        """x (B, T, C) -> (B, T, C), or (B, R, C) at `rows` (B, R) only (keys/values from all T)."""
+        h = self.attn(self.ln1(x), attn_mask, cache, layer, rows)
+        x = x + h if rows is None else x.gather(1, rows[:, :, None].expand(-1, -1, x.shape[-1])) + h
         return x + self.mlp(self.ln2(x))
 
 
@@ -269,6 +299,62 @@ class GPT(BackboneMixin, nn.Module):
         # upstream code reads `transformer.config.vocab_size` (Net2NetTransformer's pkeep corruption)
         self.config = SimpleNamespace(vocab_size=self.vocab_size, block_size=self.block_size, n_layer=self.n_layer,
                                       n_head=self.n_head, n_embd=self.n_embd, n_unmasked=int(n_unmasked))
+
+    def last_block_rows(self, block, x, attn_mask, cache, layer, rows):
+        return block(x, attn_mask, cache, layer, rows)
+
+    @torch.no_grad()
+    def decode(self, idx: torch.Tensor, positions: torch.Tensor, attn_mask: torch.Tensor, cache: KVCache) -> torch.Tensor:
+        """One decoding call of a sampler, the same computation as `forward(idx, attn_mask=...,
+        positions=..., cache=...)` in eval mode, in plain functional ops: a decoding step reads
+        every weight for a few positions, so module dispatch would be a large share of its time.
+
+        idx (B, T) long, positions (B, T) long, attn_mask (B, T, cache.length + T) bool
+        -> logits (B, T, vocab_size); the new keys/values are appended to `cache`."""
+        if self.training:
+            raise RuntimeError("decode is for inference; call model.eval() first")
+        B, T = idx.shape
+        C, H = self.n_embd, self.n_head
+        weights = self._decode_weights()
+        x = F.embedding(idx, self.tok_emb.weight) + self.pos_emb[0, positions]          # (B, T, C)
+        # one additive mask for all layers (SDPA would convert a boolean one in every layer)
+        bias = torch.zeros(attn_mask.shape, dtype=x.dtype, device=x.device)
+        bias = bias.masked_fill_(~attn_mask, float("-inf"))[:, None]                    # (B, 1, T, N)
+        linear = lambda h, w, b: torch.addmm(b, h.reshape(-1, h.shape[-1]), w).view(B, T, -1)  # noqa: E731
+        for layer, (block, (qkv_w, qkv_b, proj_w, fc1_w, fc2_w)) in enumerate(zip(self.blocks, weights[:-1])):
+            ln1, ln2 = block.ln1, block.ln2
+            h = F.layer_norm(x, (C,), ln1.weight, ln1.bias, ln1.eps)
+            q, k, v = (t.reshape(B, T, H, C // H).transpose(1, 2) for t in linear(h, qkv_w, qkv_b).chunk(3, -1))
+            k, v = cache.append(layer, k, v)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)                  # (B, H, T, D)
+            x = x + linear(y.transpose(1, 2).reshape(B, T, C), proj_w, block.attn.proj.bias)
+            h = F.layer_norm(x, (C,), ln2.weight, ln2.bias, ln2.eps)
+            x = x + linear(F.gelu(linear(h, fc1_w, block.mlp[0].bias)), fc2_w, block.mlp[2].bias)
+        h = F.layer_norm(x, (C,), self.ln_f.weight, self.ln_f.bias, self.ln_f.eps)
+        return (h.reshape(B * T, C) @ weights[-1]).view(B, T, -1)
+
+    def _decode_weights(self):
+        """Per block (fused qkv (C, 3C), qkv bias, proj (C, C), fc1 (C, 4C), fc2 (4C, C)), then the
+        head (C, V): transposed, contiguous copies (a one-row product with a (in, out) matrix streams
+        its memory about twice as fast on CPU as F.linear's (out, in) layout), rebuilt whenever a
+        source tensor changes."""
+        sources = [self.head.weight]
+        for block in self.blocks:
+            a = block.attn
+            sources += [a.query.weight, a.key.weight, a.value.weight, a.query.bias, a.key.bias, a.value.bias,
+                        a.proj.weight, block.mlp[0].weight, block.mlp[2].weight]
+        key = tuple((t.data_ptr(), t._version, t.dtype, t.device) for t in sources)
+        if getattr(self, "_decode_cache", None) is None or self._decode_cache[0] != key:
+            weights = []
+            for block in self.blocks:
+                a = block.attn
+                qkv = torch.cat([a.query.weight, a.key.weight, a.value.weight]).t().contiguous()
+                weights.append((qkv, torch.cat([a.query.bias, a.key.bias, a.value.bias]),
+                                a.proj.weight.t().contiguous(), block.mlp[0].weight.t().contiguous(),
+                                block.mlp[2].weight.t().contiguous()))
+            weights.append(self.head.weight.t().contiguous())
+            self._decode_cache = (key, weights)
+        return self._decode_cache[1]
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:

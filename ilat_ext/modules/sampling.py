@@ -184,22 +184,32 @@ def sample_tokens(backbone, z: torch.Tensor, gen_mask: torch.Tensor, allowed: to
     take_at = q_take.view(B, n_calls, width).float().argmax(2)                     # (B, n_calls)
     take_any = q_take.view(B, n_calls, width).any(2)                               # (B, n_calls)
 
-    cache = backbone.new_cache(capacity=slot_pos.shape[1])
-    first = forward(z[:, :-1], attn_mask=allowed, cache=cache)                   # (B, S, V)
     # Everything predicted by a row that reads known tokens only comes from the first pass: tokens
-    # predicted by non-sequential rows, and by leading sequential rows.
+    # predicted by non-sequential rows, and by leading sequential rows. The first pass fills the
+    # cache with every position and computes logits at those rows only.
     direct = gen_mask & exact[:, n_pre - 1:]                                       # (B, L)
-    if direct.any():
-        b_idx, j_idx = direct.nonzero(as_tuple=True)
-        logits = first[b_idx, n_pre - 1 + j_idx]
+    n_direct = direct.sum(1)                                                       # (B,)
+    grid = torch.arange(L, device=z.device)
+    direct_j = torch.sort(torch.where(direct, grid, L), dim=1).values[:, :max(1, int(n_direct.max()))]
+    direct_ok = direct_j < L                                                       # (B, R)
+    direct_j = direct_j.clamp(max=L - 1)
+    cache = backbone.new_cache(capacity=slot_pos.shape[1])
+    first = forward(z[:, :-1], attn_mask=allowed, cache=cache, out_rows=n_pre - 1 + direct_j)  # (B, R, V)
+    if direct_ok.any():
+        b_idx, r_idx = direct_ok.nonzero(as_tuple=True)
+        logits = first[b_idx, r_idx]
+        j_idx = direct_j[b_idx, r_idx]
         z[b_idx, j_idx] = pick_tokens(logits, greedy, temperature, top_k, generator)
         if logits_out is not None:
             logits_out[b_idx, j_idx] = logits.to(logits_out.dtype)
+    decode = getattr(backbone, "decode", None)
+    if decode is None:  # any backbone with the interface: a forward call on the cache
+        def decode(idx, positions, attn_mask, cache):
+            return backbone(idx, None, attn_mask=attn_mask, positions=positions, cache=cache)[0]
     for r in tqdm(range(n_calls), desc="sampling", disable=not progress, leave=False):
         lo, hi = r * width, (r + 1) * width
         token = z.gather(1, held_idx[:, lo:hi])                                     # (B, T)
-        out = backbone(token, None, attn_mask=row_masks[:, lo:hi, :S + hi], positions=q_pos[:, lo:hi],
-                       cache=cache)[0]                                             # (B, T, V)
+        out = decode(token, q_pos[:, lo:hi], row_masks[:, lo:hi, :S + hi], cache)  # (B, T, V)
         t = take_at[:, r]
         logits = out[rows, t]
         logits = logits[..., :vocab_limit] if vocab_limit else logits
