@@ -45,7 +45,12 @@ def load_run(path: str, unsafe: Optional[bool] = None, eval_mode: bool = True):
     logdir, ckpt = resolve_run(path)
     config = run_config(logdir)
     model_cfg = OmegaConf.to_container(config.model, resolve=True)
-    model_cfg.get("params", {}).pop("ckpt_path", None)
+    params = model_cfg.get("params", {})
+    params.pop("ckpt_path", None)
+    # the frozen stages are part of the run's weights: their own checkpoints need not exist any more
+    for stage in ("first_stage_config", "cond_stage_config"):
+        if isinstance(params.get(stage), dict):
+            params[stage].get("params", {}).pop("ckpt_path", None)
     model = instantiate_from_config(model_cfg)
     checkpoint = load_checkpoint(ckpt, unsafe=unsafe)
     load_state_dict_report(model, checkpoint["state_dict"], strict=True, source=ckpt)

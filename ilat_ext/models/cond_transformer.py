@@ -19,9 +19,15 @@ checkpoints load. What differs, and why:
   iLAT's LA mask in taming's layout, masked tokens only, Eq. 4 decoding when the first stage is a
   TS-VQGAN). Both use the KV-cached sampler of `ilat_ext.modules.sampling`. Upstream's `sample()`
   (full AR, no cache) still works and is the reference for whole-image AR time.
+- Training from stored tokens (`scripts/quantize_dataset.py`, `ilat_ext.data.tokens`): a batch
+  with "z_full" and "c_indices" trains without running the frozen stages (`forward_tokens`, with
+  upstream's pkeep corruption and permuter); the file's stages are checked against this model's
+  (`check_token_meta`) when training or validation starts, and `log_images` decodes the tokens.
 """
+import hashlib
+import math
 from dataclasses import dataclass
-from typing import Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, Mapping, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -60,6 +66,40 @@ class SOSProvider(nn.Module):
         """x: (B, ...) -> (None, None, (None, None, indices (B, 1)))."""
         c = torch.full((x.shape[0], 1), self.sos_token, dtype=torch.long, device=x.device)
         return None, None, (None, None, c)
+
+
+def stage_fingerprint(module: nn.Module) -> str:
+    """sha256 (hex) of a frozen stage: its class, every state-dict entry's name, dtype, shape and bytes
+    in name order, and the SOSProvider's token. Equal for the same weights on any device."""
+    h = hashlib.sha256(f"{type(module).__module__}.{type(module).__qualname__}".encode())
+    if isinstance(module, SOSProvider):
+        h.update(f"sos_token={module.sos_token}".encode())
+    for name, value in sorted(module.state_dict().items()):
+        value = value.detach().to("cpu").contiguous()
+        h.update(f"|{name}|{value.dtype}|{tuple(value.shape)}|".encode())
+        h.update(value.reshape(-1).view(torch.uint8).numpy().tobytes() if value.numel() else b"")
+    return h.hexdigest()
+
+
+def _datasets_in(obj: Any, depth: int = 0) -> Iterator[Any]:
+    """Datasets reachable from a dataloader (or a list/dict of them), through wrappers that keep the
+    inner dataset in `.dataset` (MaskedDataset, Subset, DataLoader) or `.data` (WrappedDataset)."""
+    if obj is None or depth > 8:
+        return
+    if isinstance(obj, (list, tuple)):
+        for o in obj:
+            yield from _datasets_in(o, depth + 1)
+    elif isinstance(obj, Mapping):
+        for o in obj.values():
+            yield from _datasets_in(o, depth + 1)
+    elif isinstance(obj, torch.utils.data.DataLoader):
+        yield from _datasets_in(obj.dataset, depth + 1)
+    else:
+        yield obj
+        for attr in ("dataset", "data"):
+            inner = getattr(obj, attr, None)
+            if isinstance(inner, torch.utils.data.Dataset):
+                yield from _datasets_in(inner, depth + 1)
 
 
 def transformer_param_groups(module: nn.Module, weight_decay: float):
@@ -130,6 +170,8 @@ class TamingTransformer(CheckpointMixin, _UpstreamNet2Net):
         self.betas = tuple(betas)
         self.mask_key = mask_key
         self.warmup_steps, self.decay_steps = int(warmup_steps), decay_steps
+        self.token_latent_shape: Optional[Tuple[int, int]] = None  # (h, w) from a checked token file
+        self._checked_token_datasets = set()
         if ckpt_path is not None:
             self.init_from_ckpt(ckpt_path, ignore_keys=ignore_keys)
 
@@ -246,6 +288,19 @@ class TamingTransformer(CheckpointMixin, _UpstreamNet2Net):
         if not m_q.any():  # nothing to edit: the input comes back, no transformer call
             return EditResult(x.clone(), z, m_q, 0, None)
         _, c_idx = self.encode_to_c(c)
+        return self._edit_tokens(z, kept, m_q, c_idx, extra, mode, greedy=greedy, temperature=temperature,
+                                 top_k=top_k, seed=seed, generator=generator, use_cache=use_cache,
+                                 progress=progress, return_logits=return_logits)
+
+    @torch.no_grad()
+    def _edit_tokens(self, z: torch.Tensor, kept: torch.Tensor, m_q: torch.Tensor, c_idx: torch.Tensor,
+                     extra: Optional[torch.Tensor] = None, mode: str = "local", *, greedy: bool = True,
+                     temperature: float = 1.0, top_k: Optional[int] = None, seed: Optional[int] = None,
+                     generator: Optional[torch.Generator] = None, use_cache: bool = True, progress: bool = False,
+                     return_logits: bool = False) -> EditResult:
+        """The edit on tokens: z (B, L) grid tokens, kept (B, D, h, w) latent decoded outside m_q (Eq. 4),
+        m_q (B, L) bool, c_idx (B, N) condition tokens; mode "local" (LA mask) or "taming"."""
+        B, device = z.shape[0], z.device
         emb, prefix, n_cond = self.sequence_inputs(c_idx, extra)
         if mode == "local":
             gen, allowed = m_q, la_attention_mask(m_q, n_cond, self.layout)
@@ -253,13 +308,13 @@ class TamingTransformer(CheckpointMixin, _UpstreamNet2Net):
         else:  # Taming: plain causal attention, regenerate from the first masked token to the end
             L = m_q.shape[1]
             first = torch.where(m_q.any(1), m_q.float().argmax(1), L)            # (B,)
-            gen = torch.arange(L, device=x.device)[None] >= first[:, None]
+            gen = torch.arange(L, device=device)[None] >= first[:, None]
             n_pre = (0 if emb is None else emb.shape[1]) + (0 if prefix is None else prefix.shape[1])
             S = n_pre + L - 1
-            allowed = torch.ones(S, S, dtype=torch.bool, device=x.device).tril().expand(x.shape[0], S, S)
-            sequential = torch.arange(S, device=x.device)[None] >= (n_pre - 1 + first)[:, None]
+            allowed = torch.ones(S, S, dtype=torch.bool, device=device).tril().expand(B, S, S)
+            sequential = torch.arange(S, device=device)[None] >= (n_pre - 1 + first)[:, None]
         if generator is None and seed is not None:
-            generator = torch.Generator(device=x.device).manual_seed(int(seed))
+            generator = torch.Generator(device=device).manual_seed(int(seed))
         n_codes = self.first_stage_model.quantize.n_e
         result: SampleResult = sample_tokens(
             self.transformer, z, gen, allowed, sequential, emb, prefix, greedy=greedy, temperature=temperature,
@@ -305,7 +360,10 @@ class TamingTransformer(CheckpointMixin, _UpstreamNet2Net):
     def log_images(self, batch, N: int = 4, **kwargs):
         """inputs | mask | condition | reconstructions | taming (edit) | taming_star (LA mask), in [-1, 1].
 
-        Greedy edits; without a mask in the batch, the lower half of the image is edited."""
+        Greedy edits; without a mask in the batch, the lower half of the image is edited. A batch of
+        stored tokens (no images) is decoded instead, see `_log_token_images`."""
+        if self.first_stage_key not in batch and ("z_full" in batch or "z_indices" in batch):
+            return self._log_token_images(batch, N)
         x = self.get_input(self.first_stage_key, batch)[:N].to(self.device)
         c = None if self.be_unconditional else self.get_input(self.cond_stage_key, batch)[:N].to(self.device)
         if self.mask_key in batch:
@@ -323,3 +381,141 @@ class TamingTransformer(CheckpointMixin, _UpstreamNet2Net):
 
     def _log_edits(self, x, mask, c):
         return {"taming": self.sample_edit(x, mask, c).image, "taming_star": self.sample_local(x, mask, c).image}
+
+    # ------------------------------------------------------------------ training from stored tokens
+    token_batch_key = "z_full"  # the batch entry that makes shared_step train from tokens
+
+    def batch_tokens(self, batch, key: str) -> torch.Tensor:
+        """batch[key] as a (B, n) tensor on this model's device (a token batch from `TokenDataset`)."""
+        if key not in batch:
+            raise KeyError(f"the token batch has no '{key}' entry (keys: {sorted(batch)}); "
+                           "use ilat_ext.data.tokens.TokenDataset")
+        value = torch.as_tensor(batch[key], device=self.device)
+        if value.dim() != 2:
+            raise ValueError(f"batch['{key}'] must be (B, n), got shape {tuple(value.shape)}")
+        return value
+
+    def forward_tokens(self, z: torch.Tensor, c_idx: torch.Tensor):
+        """Upstream's `forward` from stored tokens: z (B, L) grid tokens in raster order (the permuter
+        is applied here, as upstream's `encode_to_z` does), c_idx (B, N) condition tokens
+        -> (logits (B, L, vocab), target (B, L) permuted). pkeep < 1 corrupts inputs in training."""
+        z = self.permuter(z.long())
+        c_idx = c_idx.long()
+        if self.training and self.pkeep < 1.0:
+            keep = torch.bernoulli(self.pkeep * torch.ones(z.shape, device=z.device)).round().to(torch.int64)
+            noise = torch.randint_like(z, self.transformer.config.vocab_size)
+            inputs = keep * z + (1 - keep) * noise
+        else:
+            inputs = z
+        logits, _ = self.transformer(torch.cat((c_idx, inputs), dim=1)[:, :-1])
+        return logits[:, c_idx.shape[1] - 1:], z  # output i predicts z_i given z_<i and c
+
+    def shared_step(self, batch, batch_idx):
+        if self.token_batch_key not in batch:
+            return super().shared_step(batch, batch_idx)
+        logits, target = self.forward_tokens(self.batch_tokens(batch, "z_full"), self.batch_tokens(batch, "c_indices"))
+        return F.cross_entropy(logits.reshape(-1, logits.size(-1)), target.reshape(-1))
+
+    def token_meta(self) -> Dict[str, Any]:
+        """What a token file must share with this model: per stage its codebook size, downsampling
+        and `stage_fingerprint` (stored under meta["stages"] by scripts/quantize_dataset.py)."""
+        def codes(stage):
+            quantize = getattr(stage, "quantize", None)
+            return None if quantize is None else int(quantize.n_e)
+        return {"first_stage": {"n_embed": codes(self.first_stage_model), "downsample": self.first_stage_factor,
+                                "fingerprint": stage_fingerprint(self.first_stage_model)},
+                "cond_stage": {"n_embed": codes(self.cond_stage_model),
+                               "downsample_cond_size": int(self.downsample_cond_size),
+                               "fingerprint": stage_fingerprint(self.cond_stage_model)}}
+
+    def sequence_positions(self, n_cond_tokens: int, n_grid: int) -> int:
+        """Transformer positions a training sequence of N condition and L grid tokens takes."""
+        c_idx = torch.zeros(1, int(n_cond_tokens), dtype=torch.long, device=self.device)
+        with torch.no_grad():
+            emb, prefix, _ = self.sequence_inputs(c_idx)
+        n_pre = (0 if emb is None else emb.shape[1]) + (0 if prefix is None else prefix.shape[1])
+        return n_pre + int(n_grid) - 1
+
+    def check_token_meta(self, meta: Mapping[str, Any], source: str = "token file") -> None:
+        """Raise ValueError naming every difference between a token file's meta and this model:
+        codebook sizes, downsampling, stage weights (fingerprints), and whether its sequences fit
+        the transformer's block_size. Remembers the file's latent grid for `log_images`."""
+        stored = meta.get("stages") or {}
+        problems = []
+        for stage, mine in self.token_meta().items():
+            for key, value in mine.items():
+                theirs = (stored.get(stage) or {}).get(key)
+                if theirs != value:
+                    if key == "fingerprint":
+                        made = ((meta.get(f"{stage}_config") or {}).get("params") or {}).get("ckpt_path")
+                        report = getattr(getattr(self, f"{stage}_model"), "ckpt_load_report", None)
+                        loaded = getattr(report, "source", None)
+                        problems.append(f"{stage} weights differ (fingerprint {str(theirs)[:12]} in the file, made "
+                                        f"from {made!r}; {value[:12]} in the model, loaded from {loaded!r})")
+                    else:
+                        problems.append(f"{stage} {key}: {theirs!r} in the file, {value!r} in the model")
+        L, N = int(meta["latent_length"]), int(meta["cond_length"])
+        block = int(self.transformer.get_block_size())
+        need = self.sequence_positions(N, L)
+        if need > block:
+            problems.append(f"its sequences ({N} condition + {L} grid tokens) need {need} positions, the "
+                            f"transformer's block_size is {block}")
+        if problems:
+            raise ValueError(f"{source} does not match this model's stages:\n  - " + "\n  - ".join(problems) +
+                             "\nre-run scripts/quantize_dataset.py with this model's config and stage checkpoints")
+        shape = meta.get("latent_shape")
+        if shape is not None:
+            self.token_latent_shape = (int(shape[0]), int(shape[1]))
+
+    def _check_token_datasets(self, loaders) -> None:
+        for dataset in _datasets_in(loaders):
+            meta = getattr(dataset, "token_meta", None)
+            if isinstance(meta, Mapping) and id(dataset) not in self._checked_token_datasets:
+                self.check_token_meta(meta, source=f"token file {getattr(dataset, 'path', '?')!r}")
+                self._checked_token_datasets.add(id(dataset))
+
+    def on_train_start(self) -> None:
+        self._check_token_datasets(self.trainer.train_dataloader)
+
+    def on_validation_start(self) -> None:
+        self._check_token_datasets(self.trainer.val_dataloaders)
+
+    def _token_grid(self, n_tokens: int) -> Optional[Tuple[int, int]]:
+        if self.token_latent_shape is not None and math.prod(self.token_latent_shape) == n_tokens:
+            return self.token_latent_shape
+        side = math.isqrt(n_tokens)
+        return (side, side) if side * side == n_tokens else None
+
+    def _codebook_latent(self, indices: torch.Tensor, grid: Tuple[int, int]) -> torch.Tensor:
+        """indices (B, h*w) -> their codebook vectors (B, D, h, w)."""
+        quant = self.first_stage_model.quantize.embedding(indices.reshape(indices.shape[0], *grid))
+        return quant.permute(0, 3, 1, 2).contiguous()
+
+    @torch.no_grad()
+    def _log_token_images(self, batch, N: int):
+        """inputs (z_full decoded) | mask (M_q in pixels) | reconstructions (z_indices decoded) | edits
+        from the tokens; no condition image (the sketch is stored as tokens only). Empty if the latent
+        grid is unknown (not square and no checked token file)."""
+        key = "z_full" if "z_full" in batch else "z_indices"
+        z_full = self.batch_tokens(batch, key)[:N].long()
+        grid = self._token_grid(z_full.shape[1])
+        if grid is None:
+            return {}
+        log = {"inputs": self.decode_tokens(z_full, self._codebook_latent(z_full, grid), None)}
+        if not all(k in batch for k in ("z_indices", "token_mask", "c_indices")):
+            return log
+        z = self.batch_tokens(batch, "z_indices")[:N].long()
+        m_q = self.batch_tokens(batch, "token_mask")[:N].bool()
+        c_idx = self.batch_tokens(batch, "c_indices")[:N].long()
+        f = self.first_stage_factor
+        pixels = m_q.view(-1, 1, *grid).float().repeat_interleave(f, 2).repeat_interleave(f, 3)
+        kept = self._codebook_latent(z, grid)
+        log["mask"] = pixels * 2 - 1
+        log["reconstructions"] = self.decode_tokens(z, kept, None)
+        if m_q.any():
+            log.update(self._log_token_edits(z, kept, m_q, c_idx))
+        return log
+
+    def _log_token_edits(self, z, kept, m_q, c_idx):
+        return {"taming": self._edit_tokens(z, kept, m_q, c_idx, mode="taming").image,
+                "taming_star": self._edit_tokens(z, kept, m_q, c_idx, mode="local").image}

@@ -21,6 +21,10 @@ Training and sampling use the same mask, so `sample_local` can use a KV cache (s
 `ilat_ext.modules.sampling`): the condition and global positions once, then one causal position
 at a time; the authors' release instead rebuilds a different mask and reruns all 514 positions
 for every token.
+
+Training from stored tokens (`scripts/quantize_dataset.py`): a batch with "z_indices" (encoded
+with its mask), "token_mask" (M_q) and "c_indices" goes through `forward_tokens`, the part of
+`forward` after encoding, so the frozen stages do not run at each step.
 """
 from typing import Optional, Sequence, Tuple
 
@@ -47,7 +51,11 @@ class ILATTransformer(TamingTransformer):
 
     forward(x (B, C, H, W), c (B, C_c, H_c, W_c), mask (B, 1, H, W), extra=None)
         -> (logits (B, L, V), target (B, L), loss_weight (B, L) float)
+    forward_tokens(z (B, L), c_idx (B, N), m_q (B, L) bool, extra=None) -> the same, from tokens
+        (what `forward` does after encoding; `shared_step` uses it for batches of stored tokens).
     """
+
+    token_batch_key = "z_indices"
 
     def __init__(self, transformer_config, first_stage_config, cond_stage_config, permuter_config=None,
                  ckpt_path: Optional[str] = None, ignore_keys: Sequence[str] = (), first_stage_key: str = "image",
@@ -128,11 +136,22 @@ class ILATTransformer(TamingTransformer):
         m_q = self.token_mask(x, mask)                                                 # (B, L)
         z, _ = self.encode_target(x, mask)
         _, c_idx = self.encode_to_c(self.check_condition(c, x))
+        return self.forward_tokens(z, c_idx, m_q, extra)
+
+    def forward_tokens(self, z: torch.Tensor, c_idx: torch.Tensor, m_q: torch.Tensor,
+                       extra: Optional[torch.Tensor] = None):
+        """Teacher-forced logits under the LA mask from tokens: z (B, L) grid tokens encoded with the
+        mask, c_idx (B, N) condition tokens, m_q (B, L) bool latent mask, extra (B, E, n_embd) or None
+        -> (logits (B, L, V), target z (B, L), loss_weight (B, L) float)."""
+        z, c_idx, m_q = z.long(), c_idx.long(), m_q.bool()
+        if m_q.shape != z.shape or c_idx.dim() != 2 or c_idx.shape[0] != z.shape[0]:
+            raise ValueError(f"forward_tokens needs z (B, L), c_idx (B, N) and m_q (B, L); got "
+                             f"{tuple(z.shape)}, {tuple(c_idx.shape)}, {tuple(m_q.shape)}")
         emb, prefix, n_cond = self.sequence_inputs(c_idx, extra)
         allowed = la_attention_mask(m_q, n_cond, self.layout)                          # (B, S, S)
         weight = m_q.float()
         if self.training and self.lm_rate > 0:
-            lm = torch.rand(x.shape[0], device=x.device) < self.lm_rate                # (B,)
+            lm = torch.rand(z.shape[0], device=z.device) < self.lm_rate                # (B,)
             causal = torch.ones_like(allowed[0]).tril()
             allowed = torch.where(lm[:, None, None], causal, allowed)
             weight = torch.where(lm[:, None], torch.ones_like(weight), weight)
@@ -142,9 +161,15 @@ class ILATTransformer(TamingTransformer):
         return logits[:, n_pre - 1:], z, weight
 
     def shared_step(self, batch, batch_idx):
-        x, c = self.get_xc(batch) if not self.be_unconditional else (self.get_input(self.first_stage_key, batch), None)
-        mask = self.get_mask(batch, x)
-        logits, target, weight = self(x, c if c is not None else x, mask, self.condition_features(batch))
+        if self.token_batch_key in batch:  # stored tokens (ilat_ext.data.tokens): no encoder runs
+            logits, target, weight = self.forward_tokens(
+                self.batch_tokens(batch, "z_indices"), self.batch_tokens(batch, "c_indices"),
+                self.batch_tokens(batch, "token_mask"), self.condition_features(batch))
+        else:
+            x, c = (self.get_xc(batch) if not self.be_unconditional
+                    else (self.get_input(self.first_stage_key, batch), None))
+            mask = self.get_mask(batch, x)
+            logits, target, weight = self(x, c if c is not None else x, mask, self.condition_features(batch))
         nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1), reduction="none")
         # Eq. 6: the masked tokens only; a batch with nothing to predict gives a zero loss with a graph
         return (nll * weight.reshape(-1)).sum() / weight.sum().clamp(min=1.0)
@@ -160,3 +185,7 @@ class ILATTransformer(TamingTransformer):
             baseline = self._baseline[0].to(self.device)
             log["taming_star"] = baseline.sample_local(x, mask, c).image
         return log
+
+    def _log_token_edits(self, z, kept, m_q, c_idx):
+        # the Taming* baseline is left out: its stages need not be the ones the tokens came from
+        return {"ilat": self._edit_tokens(z, kept, m_q, c_idx, mode="local").image}
