@@ -7,9 +7,8 @@ import cv2
 import numpy as np
 from torch.utils.data import Dataset
 
-from ilat_ext.data.sketch import sketch_to_tensor_layout, xdog
-
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
+from ilat_ext.data.image_files import IMAGE_EXTENSIONS, center_square, decode_image, resize_square
+from ilat_ext.data.sketch import release_sketch, sketch_to_tensor_layout
 
 
 def find_images(folder: str, what: str = "image folder", extensions=IMAGE_EXTENSIONS) -> List[str]:
@@ -48,23 +47,19 @@ def list_images(root: Optional[str] = None, flist: Optional[str] = None) -> List
 
 def read_rgb(path: str, size: Optional[int] = None) -> Optional[np.ndarray]:
     """uint8 (H, W, 3) RGB, centre-cropped to a square and resized to `size`; None if unreadable."""
-    image = cv2.imread(path, cv2.IMREAD_COLOR)
+    image = decode_image(path, cv2.IMREAD_COLOR)
     if image is None:
         return None
     image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
     if size is not None:
-        h, w = image.shape[:2]
-        s = min(h, w)
-        top, left = (h - s) // 2, (w - s) // 2
-        image = image[top:top + s, left:left + s]
-        interp = cv2.INTER_AREA if s > size else cv2.INTER_CUBIC
-        image = cv2.resize(image, (size, size), interpolation=interp)
+        image = resize_square(image, size)
     return image
 
 
 class ImageFolder(Dataset):
     """`{"image": float32 (size, size, 3) in [-1, 1]}` from a folder or a file list; with
-    `sketch=True` also `"sketch"`: the XDoG sketch of the image (release defaults), (size, size, 1).
+    `sketch=True` also `"sketch"`: the release's sketch (`release_sketch`: XDoG with the release
+    defaults on the source image, then resized), (size, size, 1), flipped with the image.
 
     An unreadable file is skipped (the next readable one is returned instead) and counted in
     `skipped`, with a warning that gives the running count: never a crash mid-epoch.
@@ -86,16 +81,19 @@ class ImageFolder(Dataset):
     def __getitem__(self, index: int) -> dict:
         for offset in range(len(self.paths)):
             path = self.paths[(index + offset) % len(self.paths)]
-            image = read_rgb(path, self.size)
+            source = read_rgb(path)  # the release's sketch is XDoG at the source resolution, then resized
+            image = None if source is None else resize_square(center_square(source), self.size)
             if image is not None:
                 break
             self.skipped += 1
             warnings.warn(f"skipping unreadable image {path} ({self.skipped} skipped so far)")
         else:
             raise RuntimeError(f"none of the {len(self.paths)} images could be read")
+        sketch = release_sketch(source, self.size) if self.sketch else None
         if self.flip and np.random.rand() < 0.5:
             image = np.ascontiguousarray(image[:, ::-1])
+            sketch = None if sketch is None else np.ascontiguousarray(sketch[:, ::-1])
         item = {"image": (image.astype(np.float32) / 127.5 - 1.0), "path": path}
-        if self.sketch:
-            item["sketch"] = sketch_to_tensor_layout(xdog(image))
+        if sketch is not None:
+            item["sketch"] = sketch_to_tensor_layout(sketch)
         return item

@@ -15,7 +15,9 @@ to edit; `invert=True` for files where black marks the hole), then flipped left-
 up-down with probability 1/2 each. A file that cannot be read is skipped, not fatal: another file
 is drawn (up to `max_file_attempts`, then a free-form mask is used), the path is remembered in
 `unreadable` and a warning gives the running count (`skipped`). Counts are per process: each
-DataLoader worker keeps its own.
+DataLoader worker keeps its own. Several sets of mask files (`mask_sets`, each with its own
+weight and `invert`) mix as the release mixes its irregular and segmentation masks.
+`write_free_form_masks` (scripts/generate_masks.py) writes generated masks as files.
 
 Determinism: the mask for index i is a function of (seed, stream, i, height, width) and the set
 of unreadable files, through `np.random.default_rng([_STREAM_TAG, seed, stream, i])`; nothing
@@ -36,6 +38,15 @@ or a MaskSource)::
           mask_list: data/irregular_masks.flist
           file_ratio: 0.5
 
+The release's mix, two downloaded sets 50/50 and no free-form strokes::
+
+        mask_source:
+          mode_probs: {partial: 0.7, full: 0.3}
+          file_ratio: 1.0
+          mask_sets:
+            - {mask_list: data/irregular_masks.flist, weight: 0.5}
+            - {mask_list: data/segmentation_masks.flist, weight: 0.5}
+
 Worked example::
 
     >>> src = MaskSource(mode_probs={"partial": 1.0}, seed=3)
@@ -43,23 +54,29 @@ Worked example::
     >>> m.shape, m.dtype, bool(0.05 <= m.mean() <= 0.3), np.array_equal(m, src.sample(0, 32, 48))
     ((32, 48), dtype('float32'), True, True)
 """
+import math
 import os
 import warnings
-from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
+from dataclasses import dataclass
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import cv2
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from ilat_ext.data.folder import find_images, read_flist
+from ilat_ext.data.image_files import write_image_atomic
 from ilat_ext.data.masks import DEFAULT_AREA_RANGE, DEFAULT_MODE_PROBS, free_form_mask, sample_mask_mode
 from ilat_ext.data.masks import validate_area_range, validate_mode_probs
 from ilat_ext.util import instantiate_from_config
 
 PathLike = Union[str, "os.PathLike[str]"]
 MASK_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
-# Arbitrary constant that keeps these streams apart from other seeded generators in the project.
+# Arbitrary constants that keep these streams apart from other seeded generators in the project.
 _STREAM_TAG = 0x3A5C
+_FILE_TAG = 0x3A5D  # write_free_form_masks
+MASK_SET_KEYS = ("mask_files", "mask_list", "weight", "invert", "name")
 
 
 # --------------------------------------------------------------------------------------- helpers
@@ -103,6 +120,44 @@ def _check_seed(name: str, value) -> int:
     return int(value)
 
 
+@dataclass(frozen=True)
+class MaskSet:
+    """One set of mask files (e.g. the irregular masks, or the segmentation masks) and its share."""
+
+    name: str
+    paths: Tuple[str, ...]
+    weight: float = 1.0
+    invert: bool = False
+
+
+def build_mask_set(spec: Mapping, position: int = 0) -> MaskSet:
+    """A `MaskSet` from `{mask_files: folder, mask_list: flist, weight: 1.0, invert: false, name: ...}`
+    (at least one of mask_files / mask_list; unknown keys are rejected)."""
+    if isinstance(spec, MaskSet):
+        return spec
+    if not isinstance(spec, Mapping):
+        raise ValueError(f"mask_sets[{position}] must be a mapping with keys among {MASK_SET_KEYS}, got {spec!r}")
+    unknown = sorted(set(spec) - set(MASK_SET_KEYS))
+    if unknown:
+        raise ValueError(f"mask_sets[{position}]: unknown keys {unknown}; allowed keys are {MASK_SET_KEYS}")
+    if spec.get("mask_files") is None and spec.get("mask_list") is None:
+        raise ValueError(f"mask_sets[{position}] needs mask_files (a folder) or mask_list (an flist), "
+                         f"got {dict(spec)!r}")
+    try:
+        weight = float(spec.get("weight", 1.0))
+    except (TypeError, ValueError):
+        raise ValueError(f"mask_sets[{position}].weight must be a positive number, "
+                         f"got {spec.get('weight')!r}") from None
+    if not math.isfinite(weight) or weight <= 0:
+        raise ValueError(f"mask_sets[{position}].weight must be a positive number, got {spec.get('weight')!r}")
+    invert = spec.get("invert", False)
+    if not isinstance(invert, bool):
+        raise ValueError(f"mask_sets[{position}].invert must be True or False, got {invert!r}")
+    paths = list_mask_files(spec.get("mask_files"), spec.get("mask_list"))
+    name = spec.get("name") or os.fspath(spec.get("mask_files") or spec.get("mask_list"))
+    return MaskSet(name=str(name), paths=tuple(paths), weight=weight, invert=invert)
+
+
 # ------------------------------------------------------------------------------------ MaskSource
 
 
@@ -116,10 +171,16 @@ class MaskSource:
         mask_files: a folder of mask images (searched recursively).
         mask_list: a file list in the release's flist format.
         file_ratio: probability that a partial mask comes from a file rather than the free-form
-            generator, when files are given (the release picks irregular vs segmentation 50/50).
+            generator, when files are given.
         seed: non-negative integer; with the stream and index it fixes each mask.
         invert: file masks mark the region to edit in black instead of white.
         max_file_attempts: files tried for one mask before falling back to a free-form mask.
+        mask_sets: several mask file sets, each `{mask_files, mask_list, weight, invert, name}`
+            (see `build_mask_set`). A partial mask from files first picks a set with probability
+            proportional to `weight` (default 1: equal shares), then a file of that set. The
+            release's mix is two sets, irregular and segmentation masks, 50/50, with
+            `file_ratio=1`. `mask_files`/`mask_list`/`invert` are shorthand for one set, so they
+            cannot be combined with `mask_sets`.
     """
 
     def __init__(
@@ -132,6 +193,7 @@ class MaskSource:
         seed: int = 0,
         invert: bool = False,
         max_file_attempts: int = 8,
+        mask_sets: Optional[Sequence[Mapping]] = None,
     ):
         self.free_form_area = validate_area_range(free_form_area)
         self.mode_probs = validate_mode_probs(DEFAULT_MODE_PROBS if mode_probs is None else mode_probs)
@@ -151,7 +213,22 @@ class MaskSource:
         self.max_file_attempts = int(max_file_attempts)
         self.mask_files = None if mask_files is None else os.fspath(mask_files)
         self.mask_list = None if mask_list is None else os.fspath(mask_list)
-        self.paths = list_mask_files(self.mask_files, self.mask_list)
+        if mask_sets is not None:
+            if self.mask_files is not None or self.mask_list is not None or invert:
+                raise ValueError("give mask files either as mask_files/mask_list/invert (one set) or as "
+                                 "mask_sets (each with its own invert), not both")
+            if isinstance(mask_sets, (str, bytes, Mapping)) or not isinstance(mask_sets, Sequence):
+                raise ValueError(f"mask_sets must be a list of mappings, got {mask_sets!r}")
+            self.mask_sets = [build_mask_set(spec, i) for i, spec in enumerate(mask_sets)]
+        elif self.mask_files is not None or self.mask_list is not None:
+            self.mask_sets = [MaskSet(name=self.mask_files or self.mask_list,
+                                      paths=tuple(list_mask_files(self.mask_files, self.mask_list)),
+                                      invert=invert)]
+        else:
+            self.mask_sets = []
+        self.paths = [p for mask_set in self.mask_sets for p in mask_set.paths]
+        total_weight = sum(m.weight for m in self.mask_sets)
+        self.set_probs = [m.weight / total_weight for m in self.mask_sets]
         self.unreadable: List[str] = []  # in the order found, in this process
         self._unreadable_set = set()
 
@@ -180,11 +257,12 @@ class MaskSource:
         if mode == "full":
             return np.ones((height, width), np.float32), "full"
         if self.paths and rng.random() < self.file_ratio:
+            mask_set = self._pick_set(rng)
             for _ in range(self.max_file_attempts):
-                path = self.paths[int(rng.integers(len(self.paths)))]
+                path = mask_set.paths[int(rng.integers(len(mask_set.paths)))]
                 if path in self._unreadable_set:
                     continue
-                mask = read_mask_file(path, height, width, self.invert)
+                mask = read_mask_file(path, height, width, mask_set.invert)
                 if mask is None:
                     self._skip(path)
                     continue
@@ -194,6 +272,17 @@ class MaskSource:
                     mask = mask[::-1, :]
                 return np.ascontiguousarray(mask), path
         return free_form_mask(height, width, rng, area_range=self.free_form_area), "free_form"
+
+    def _pick_set(self, rng: np.random.Generator) -> MaskSet:
+        # One set draws nothing, so a single set gives the same masks as before mask_sets existed.
+        if len(self.mask_sets) == 1:
+            return self.mask_sets[0]
+        u, cumulative = rng.random(), 0.0
+        for mask_set, p in zip(self.mask_sets, self.set_probs):
+            cumulative += p
+            if u < cumulative:
+                return mask_set
+        return self.mask_sets[-1]  # u in the rounding slack above the last sum
 
     def _skip(self, path: str) -> None:
         self._unreadable_set.add(path)
@@ -209,8 +298,53 @@ class MaskSource:
         return (
             f"{type(self).__name__}(free_form_area={self.free_form_area}, mode_probs={self.mode_probs}, "
             f"mask_files={self.mask_files!r}, mask_list={self.mask_list!r}, file_ratio={self.file_ratio}, "
-            f"seed={self.seed}, invert={self.invert}; {len(self.paths)} files)"
+            f"seed={self.seed}, invert={self.invert}; {len(self.paths)} files"
+            + "".join(f"; set {m.name!r}: {len(m.paths)} files, p={p:.3g}, invert={m.invert}"
+                      for m, p in zip(self.mask_sets, self.set_probs))
+            + ")"
         )
+
+
+# ------------------------------------------------------------------------------ mask files out
+
+
+def write_free_form_masks(
+    output_dir: PathLike,
+    count: int,
+    size: int = 256,
+    area_range: Tuple[float, float] = DEFAULT_AREA_RANGE,
+    seed: int = 0,
+    progress: bool = True,
+    list_name: str = "masks.flist",
+) -> str:
+    """Write `count` free-form masks as (size, size) png files 00000.png, 00001.png, ... (white,
+    255 = region to edit; black, 0 = keep) and a file list of them in the release's format (one
+    path per line, relative to the list). Returns the list's path.
+
+    Mask i is `free_form_mask(size, size, np.random.default_rng([_FILE_TAG, seed, i]), area_range)`,
+    so the same seed writes the same files and a larger count only appends. Writes are atomic.
+    """
+    if not isinstance(count, (int, np.integer)) or isinstance(count, bool) or count < 1:
+        raise ValueError(f"count must be a positive integer, got {count!r}")
+    if not isinstance(size, (int, np.integer)) or isinstance(size, bool) or size < 1:
+        raise ValueError(f"size must be a positive integer, got {size!r}")
+    area_range = validate_area_range(area_range)
+    seed = _check_seed("seed", seed)
+    output_dir = os.fspath(output_dir)
+    os.makedirs(output_dir, exist_ok=True)
+    digits = max(5, len(str(count - 1)))
+    names = []
+    for i in tqdm(range(count), desc="masks", unit="mask", disable=not progress):
+        mask = free_form_mask(size, size, np.random.default_rng([_FILE_TAG, seed, i]), area_range=area_range)
+        name = f"{i:0{digits}d}.png"
+        write_image_atomic(os.path.join(output_dir, name), (mask * 255).astype(np.uint8))
+        names.append(name)
+    list_path = os.path.join(output_dir, list_name)
+    tmp = list_path + ".part"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write("\n".join(names) + "\n")
+    os.replace(tmp, list_path)
+    return list_path
 
 
 # --------------------------------------------------------------------------------- MaskedDataset

@@ -35,7 +35,9 @@ turned into speckle. So `sketch_from_canvas` follows the release's pipeline with
 drawing as the source: XDoG with the release constants on the canvas `make_face` shrinks to get
 the face (4x, i.e. 256 px for a 64-px face; 2x above 64 px), then the same INTER_AREA shrink.
 For a 64-px face that is the release sketch of the 256-px (grain-free) drawing, scaled down;
-the lines come out about 1 px wide and anti-aliased. Real images keep the release defaults.
+the lines come out about 1 px wide and anti-aliased. Real images keep the release defaults:
+`release_sketch` (XDoG on the source-resolution square crop, then INTER_AREA resize) for one
+photograph, `sketch_folder` (scripts/generate_xdog_sketch.py) for a folder, resumably.
 
 Worked example::
 
@@ -46,10 +48,17 @@ Worked example::
     >>> int(e[0, 0]), int(e[32, 32]), int(e[32, 15]), int(e[32, 16])  # paper, paper, bright side, dark side
     (255, 255, 255, 0)
 """
-from typing import Optional
+import os
+import warnings
+from dataclasses import dataclass, field
+from typing import List, Optional
 
 import cv2
 import numpy as np
+from tqdm.auto import tqdm
+
+from ilat_ext.data.image_files import IMAGE_EXTENSIONS, TEMP_PREFIX, center_square, decode_image, resize_square
+from ilat_ext.data.image_files import write_image_atomic
 
 # The release's XDoG constants (face editing, 256-px images).
 XDOG_GAMMA, XDOG_PHI, XDOG_EPS, XDOG_K, XDOG_SIGMA = 0.97, 200.0, 0.1, 2.5, 1.5
@@ -182,6 +191,140 @@ def sketch_from_canvas(canvas: np.ndarray, size: int, channel_order: str = "rgb"
     if edge.shape[0] == size:
         return edge
     return cv2.resize(edge, (int(size), int(size)), interpolation=cv2.INTER_AREA)
+
+
+# ------------------------------------------------------------------ photographs and image folders
+
+
+def release_sketch(image: np.ndarray, size: int, channel_order: str = "rgb", **xdog_kwargs) -> np.ndarray:
+    """The release's training sketch of a photograph: uint8 (size, size), dark lines on white.
+
+    XDoG with the release constants on the centred square crop at the SOURCE resolution (e.g.
+    FFHQ's 1024 px), then resized to `size` (INTER_AREA when shrinking, INTER_CUBIC when
+    enlarging). The crop is the one `ilat_ext.data.folder.read_rgb` and the face datasets take,
+    so image and sketch stay aligned. `FaceDataset(sketch="xdog")` computes this on the fly and
+    `sketch_folder` writes it to disk: the two agree exactly.
+
+    Args:
+        image: (H, W), (H, W, 1) or (H, W, 3), uint8 or float in [0, 1].
+        size: output side.
+        channel_order, xdog_kwargs: passed to `xdog`.
+    """
+    _check_image(image)
+    if not isinstance(size, (int, np.integer)) or isinstance(size, bool) or size < 1:
+        raise ValueError(f"size must be a positive integer, got {size!r}")
+    edge = xdog(center_square(image), channel_order=channel_order, **xdog_kwargs)
+    return resize_square(edge, int(size))
+
+
+@dataclass
+class SketchFolderReport:
+    """What `sketch_folder` did. Paths are those of the input files."""
+
+    written: int = 0
+    already_done: int = 0  # outputs already there and readable (a resumed run)
+    unreadable: List[str] = field(default_factory=list)  # image extension, but cv2 cannot decode it
+    not_images: List[str] = field(default_factory=list)  # no image extension
+
+    @property
+    def processed(self) -> int:
+        return self.written + self.already_done
+
+    @property
+    def skipped(self) -> List[str]:
+        return self.unreadable + self.not_images
+
+    def summary(self, first: int = 3) -> str:
+        """One line: "written 5, resumed 2, skipped 2 (1 unreadable, 1 not an image): a.png, b.txt"."""
+        line = f"written {self.written}, resumed {self.already_done}, skipped {len(self.skipped)}"
+        if self.skipped:
+            line += f" ({len(self.unreadable)} unreadable, {len(self.not_images)} not images): "
+            line += ", ".join(self.skipped[:first]) + (", ..." if len(self.skipped) > first else "")
+        return line
+
+
+def _list_folder(input_dir: str, prune: str):
+    """(image paths, other paths) under input_dir, sorted, leaving out the folder `prune` and
+    the temporary files of interrupted atomic writes."""
+    images, others = [], []
+    for folder, dirs, names in os.walk(input_dir):
+        dirs[:] = sorted(d for d in dirs if os.path.abspath(os.path.join(folder, d)) != prune)
+        for name in sorted(names):
+            if name.startswith(TEMP_PREFIX):
+                continue
+            path = os.path.join(folder, name)
+            (images if name.lower().endswith(IMAGE_EXTENSIONS) else others).append(path)
+    return images, others
+
+
+def sketch_folder(input_dir: str, output_dir: str, size: int = 256, overwrite: bool = False,
+                  progress: bool = True) -> SketchFolderReport:
+    """Write the release sketch (`release_sketch`) of every image under `input_dir` (recursive)
+    to the same relative path under `output_dir`, as .png with the same stem.
+
+    Resumable: an output that exists and decodes is counted in `already_done` and left alone
+    (unless `overwrite`). Each png is written atomically (temporary file + os.replace), so an
+    interrupted run leaves complete files only. Files that are not images (by extension) or that
+    cannot be decoded are skipped, listed in the report and counted in one warning; the run goes on.
+
+    Raises (before writing anything):
+        FileNotFoundError if `input_dir` is not a folder; ValueError if it holds no images, if
+        two images map to the same output (same folder and stem, e.g. a.jpg and a.png), or if an
+        output would overwrite an input.
+    """
+    input_dir, output_dir = os.fspath(input_dir), os.fspath(output_dir)
+    if not os.path.isdir(input_dir):
+        raise FileNotFoundError(f"input folder not found: {input_dir!r}")
+    if not isinstance(size, (int, np.integer)) or isinstance(size, bool) or size < 1:
+        raise ValueError(f"size must be a positive integer, got {size!r}")
+    sources, not_images = _list_folder(input_dir, prune=os.path.abspath(output_dir))
+    if not sources:
+        others = f" (it holds {len(not_images)} other files)" if not_images else ""
+        raise ValueError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in input folder {input_dir!r}{others}")
+    targets = [os.path.join(output_dir, os.path.splitext(os.path.relpath(p, input_dir))[0] + ".png")
+               for p in sources]
+    first_source = {}
+    clashes = []
+    for src, out in zip(sources, targets):
+        if out in first_source:
+            clashes.append(f"{first_source[out]} and {src}")
+        first_source.setdefault(out, src)
+    if clashes:
+        raise ValueError(f"{len(clashes)} images share an output png (same folder and stem): "
+                         + "; ".join(clashes[:3]))
+    overlap = {os.path.abspath(p) for p in sources} & {os.path.abspath(t) for t in targets}
+    if overlap:
+        raise ValueError(f"outputs would overwrite {len(overlap)} input images, e.g. {sorted(overlap)[0]!r}; "
+                         "choose an output folder apart from the input")
+
+    report = SketchFolderReport(not_images=not_images)
+    bar = tqdm(list(zip(sources, targets)), desc="XDoG sketches", unit="img", disable=not progress)
+    for src, out in bar:
+        if not overwrite and os.path.exists(out) and decode_image(out, cv2.IMREAD_GRAYSCALE) is not None:
+            report.already_done += 1
+            continue
+        image = decode_image(src, cv2.IMREAD_COLOR)
+        try:
+            # RGB like read_rgb, so the luma sums in the same order as FaceDataset's on-the-fly sketch.
+            sketch = None if image is None else release_sketch(cv2.cvtColor(image, cv2.COLOR_BGR2RGB), size)
+        except (cv2.error, ValueError):
+            sketch = None
+        if sketch is None:
+            report.unreadable.append(src)
+            bar.set_postfix(skipped=len(report.unreadable))
+            continue
+        write_image_atomic(out, sketch)
+        report.written += 1
+    bar.close()
+    if report.skipped:
+        warnings.warn(
+            f"sketch_folder: skipped {len(report.skipped)} of {len(sources) + len(not_images)} files in "
+            f"{input_dir!r} ({len(report.unreadable)} unreadable images, {len(report.not_images)} not images); "
+            f"first: {report.skipped[:3]}",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+    return report
 
 
 # ---------------------------------------------------------------------------------- tensor layout
