@@ -350,6 +350,20 @@ def test_empty_mask_returns_the_input_without_a_transformer_call(models, batch, 
         assert r.steps == 0 and not r.token_mask.any()
 
 
+@pytest.mark.parametrize("cls", [ILATTransformer, TamingTransformer])
+def test_an_element_with_an_empty_mask_comes_back_unchanged(models, batch, cls):
+    """In a batch where only some masks are empty, those elements are the input, bit for bit (as a
+    batch of empty masks is); the others are edited."""
+    model = models(cls=cls)
+    x, c, mask = batch
+    assert not mask[2].any() and mask[0].any()
+    modes = [model.sample_local] + ([model.sample_edit] if cls is TamingTransformer else [])
+    for sample in modes:
+        r = sample(x, mask, c)
+        assert torch.equal(r.image[2], x[2])
+        assert not torch.equal(r.image[0], x[0])
+
+
 def test_eq4_decoding_keeps_the_unmasked_latents(models, batch):
     """The edit decodes where(M_q, codebook[indices], encode_features(x, mask)) (Eq. 4), bit for bit;
     the kept latents ignore the pixels inside the mask, so repainting them changes nothing at all."""

@@ -231,15 +231,19 @@ class TamingTransformer(CheckpointMixin, _UpstreamNet2Net):
     def encode_target(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None):
         """x (B, C, H, W), mask (B, 1, H, W) -> (indices (B, L), kept latent (B, D, h, w)).
 
-        A TS-VQGAN first stage encodes with the mask and keeps its continuous features (Eq. 4: the
-        unedited region is decoded without quantisation error); a plain VQGAN keeps its codes."""
+        A TS-VQGAN first stage encodes with the mask (nothing outside M_q sees the masked pixels); a
+        plain VQGAN (upstream's, or iLAT* of paper Table 1: the same weights without two-stream
+        convolutions) encodes the whole image, masked pixels included. Either way the continuous
+        features are kept (Eq. 4: the unedited region is decoded without quantisation error)."""
         from ilat_ext.models.tsvqgan import TSVQModel
         fs = self.first_stage_model
         if isinstance(fs, TSVQModel):
             kept = fs.encode_features(x, mask)
-            _, _, info = fs.quantize(kept)
-        else:
-            kept, _, info = fs.encode(x)
+        elif hasattr(fs, "encoder") and hasattr(fs, "quant_conv"):
+            kept = fs.quant_conv(fs.encoder(x))
+        else:  # a first stage without taming's encoder layout: its codes are all there is
+            kept, _, _ = fs.encode(x)
+        _, _, info = fs.quantize(kept)
         return info[2].view(x.shape[0], -1), kept
 
     @torch.no_grad()
@@ -288,9 +292,14 @@ class TamingTransformer(CheckpointMixin, _UpstreamNet2Net):
         if not m_q.any():  # nothing to edit: the input comes back, no transformer call
             return EditResult(x.clone(), z, m_q, 0, None)
         _, c_idx = self.encode_to_c(c)
-        return self._edit_tokens(z, kept, m_q, c_idx, extra, mode, greedy=greedy, temperature=temperature,
-                                 top_k=top_k, seed=seed, generator=generator, use_cache=use_cache,
-                                 progress=progress, return_logits=return_logits)
+        result = self._edit_tokens(z, kept, m_q, c_idx, extra, mode, greedy=greedy, temperature=temperature,
+                                   top_k=top_k, seed=seed, generator=generator, use_cache=use_cache,
+                                   progress=progress, return_logits=return_logits)
+        # elements with nothing to edit come back unchanged, as a batch with nothing to edit does
+        untouched = ~m_q.any(1)
+        if untouched.any():
+            result.image = torch.where(untouched[:, None, None, None], x, result.image)
+        return result
 
     @torch.no_grad()
     def _edit_tokens(self, z: torch.Tensor, kept: torch.Tensor, m_q: torch.Tensor, c_idx: torch.Tensor,
