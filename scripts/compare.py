@@ -1,0 +1,70 @@
+"""Compare editing methods (trained runs) on a test set: grid.png, metrics.csv, metrics.md.
+
+    python scripts/compare.py --data toy_faces --n 64 --out compare_faces \\
+        --run Taming=logs/<taming run>:edit --run "Taming*=logs/<taming run>:local" --run iLAT=logs/<ilat run>
+
+Each --run is NAME=LOGDIR[:mode], mode `local` (sample_local, the default) or `edit` (sample_edit).
+See `ilat_ext.compare` for the metrics and outputs. Bad input (missing run, unsupported mode,
+mask of the wrong size, unknown --data) exits with status 2 and a message naming the problem.
+"""
+import argparse
+import sys
+
+import torch
+
+from ilat_ext.compare import build_dataset, compare, load_run_methods, parse_run_spec
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--run", action="append", default=[], metavar="NAME=LOGDIR[:mode]", required=True,
+                   help="a method: a run's log dir (or checkpoint) and mode local|edit; repeatable")
+    p.add_argument("--data", default="toy_faces", help="toy_faces or config:PATH (a target:/params: dataset YAML)")
+    p.add_argument("--n", type=int, default=16, help="test items")
+    p.add_argument("--size", type=int, default=64, help="image size of toy_faces")
+    p.add_argument("--batch_size", type=int, default=4)
+    p.add_argument("--seed", type=int, default=0, help="toy_faces seed; sampling seed when not greedy")
+    p.add_argument("--greedy", action=argparse.BooleanOptionalAction, default=True,
+                   help="top-1 sampling (the paper's default); --no-greedy draws with --top_k/--temperature")
+    p.add_argument("--top_k", type=int, default=None)
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"])
+    p.add_argument("--out", default="compare_out", help="output folder")
+    p.add_argument("--image_key", default="image")
+    p.add_argument("--mask_key", default="mask")
+    p.add_argument("--cond_key", default="sketch")
+    p.add_argument("--target_key", default=None, help="ground-truth key for PSNR/SSIM/MAE/FID (default: image_key)")
+    p.add_argument("--grid_rows", type=int, default=8)
+    p.add_argument("--save_images", action="store_true", help="also write every image to OUT/images/<column>/")
+    p.add_argument("--inception", default=None, help="Inception weight file or folder for FID")
+    p.add_argument("--fid_dims", type=int, default=2048, choices=[64, 192, 768, 2048])
+    p.add_argument("--no_fid", action="store_true")
+    p.add_argument("--unsafe-load", action="store_true", help="allow full unpickling (trusted files only)")
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.device == "cuda" and not torch.cuda.is_available():
+            raise ValueError("--device cuda, but CUDA is not available")
+        specs = [parse_run_spec(s) for s in args.run]
+        dataset = build_dataset(args.data, n=args.n, size=args.size, seed=args.seed)
+        methods = load_run_methods(specs, device=args.device, unsafe=args.unsafe_load or None,
+                                   image_key=args.image_key, mask_key=args.mask_key, cond_key=args.cond_key,
+                                   greedy=args.greedy, temperature=args.temperature, top_k=args.top_k,
+                                   seed=args.seed)
+        compare(methods, dataset, args.out, n=args.n, batch_size=args.batch_size, image_key=args.image_key,
+                mask_key=args.mask_key, cond_key=args.cond_key, target_key=args.target_key, device=args.device,
+                grid_rows=args.grid_rows, save_images=args.save_images, fid=not args.no_fid,
+                inception=args.inception, fid_dims=args.fid_dims)
+    except (FileNotFoundError, ValueError, KeyError) as err:
+        message = err.args[0] if isinstance(err, KeyError) and err.args else err
+        print(f"compare.py: error: {message}", file=sys.stderr)
+        return 2
+    print(f"wrote {args.out}/grid.png, metrics.csv, metrics.md")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
