@@ -1,8 +1,9 @@
 """LightningModules users name in `target:`."""
 from ilat_ext.models.cond_transformer import EditResult, SOSProvider, TamingTransformer, transformer_param_groups
 from ilat_ext.models.ilat_transformer import ILATTransformer
+from ilat_ext.models.pose_transformer import PoseILATTransformer
 from ilat_ext.models.tsvqgan import TSVQModel
 from ilat_ext.models.vqgan import VQModel
 
-__all__ = ["VQModel", "TSVQModel", "TamingTransformer", "ILATTransformer", "EditResult", "SOSProvider",
+__all__ = ["VQModel", "TSVQModel", "TamingTransformer", "ILATTransformer", "PoseILATTransformer", "EditResult", "SOSProvider",
            "transformer_param_groups"]

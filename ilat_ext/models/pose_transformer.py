@@ -1,0 +1,140 @@
+"""Pose-guided person synthesis with iLAT (Cao et al. 2021, Sec. 3.3 "Non-iconic posed-guiding", Fig. 2).
+
+`PoseILATTransformer` is an `ILATTransformer` whose condition is a picture of the person (the
+condition image, encoded by the first stage without a mask: `cond_stage_config: __is_first_stage__`)
+plus the 13 target-pose landmarks through a `PointMLP`, placed after the condition tokens:
+
+    [c_s, c_1 .. c_N, pose_1 .. pose_13, z_s, z_0 .. z_{L-2}]
+
+The LA mask treats the pose features as condition positions. Training pairs are two frames of one
+video (condition frame, target frame); the target is encoded with the union of the two dilated
+pose masks (`ilat_ext.data.pose.pair_mask`) and the masked tokens are learned (Eq. 6). At
+inference the target image is the reference image itself and the mask is the union of the
+reference-pose and target-pose masks: the person is redrawn in the target pose, the background
+outside the mask is kept exactly (Eq. 4).
+
+The Taming baseline of the pose task (vanilla AR with the same pose features) is the same class
+trained with `lm_rate: 1.0` (plain causal attention, loss on every token); only such a model
+offers `sample_edit` (Taming's edit: everything from the first masked token on, fully quantized).
+iLAT* (paper Table 1: without two-stream convolutions) is this class with a plain `VQModel` first
+stage.
+"""
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+
+from ilat_ext.data.pose import NUM_JOINTS, check_pose, normalise_pose, pair_mask
+from ilat_ext.models.cond_transformer import EditResult, TamingTransformer
+from ilat_ext.models.ilat_transformer import ILATTransformer
+from ilat_ext.modules.pointmlp import PointMLP
+
+
+class PoseILATTransformer(ILATTransformer):
+    """`ILATTransformer` plus a PointMLP for the target pose (the "start" layout only).
+
+    Args (beyond `ILATTransformer`'s):
+        pose_key: batch entry of the target pose, (B, 13, 3) normalised [x/W, y/H, visibility].
+        pointmlp_hidden: hidden widths of the PointMLP (the release: 64, 256).
+        joint_embedding: add a learned per-joint embedding to the PointMLP features.
+        mask_kwargs: `ilat_ext.data.pose.pose_mask` options for masks built by `synthesize`.
+
+    Defaults follow the pose task: first_stage_key "image" (the target frame), cond_stage_key
+    "cond_image" (the condition frame).
+    """
+
+    def __init__(self, transformer_config, first_stage_config, cond_stage_config, permuter_config=None,
+                 ckpt_path: Optional[str] = None, ignore_keys: Sequence[str] = (), first_stage_key: str = "image",
+                 cond_stage_key: str = "cond_image", mask_key: str = "mask", pose_key: str = "pose",
+                 lm_rate: float = 0.0, pointmlp_hidden: Sequence[int] = (64, 256), joint_embedding: bool = True,
+                 mask_kwargs: Optional[Mapping[str, Any]] = None, downsample_cond_size: int = -1,
+                 sos_token: int = 0, learning_rate: Optional[float] = None, weight_decay: float = 0.01,
+                 betas: Tuple[float, float] = (0.9, 0.95), warmup_steps: int = 0,
+                 decay_steps: Optional[int] = None, baseline_config=None):
+        super().__init__(transformer_config, first_stage_config, cond_stage_config, permuter_config=permuter_config,
+                         ckpt_path=None, first_stage_key=first_stage_key, cond_stage_key=cond_stage_key,
+                         mask_key=mask_key, layout="start", lm_rate=lm_rate,
+                         downsample_cond_size=downsample_cond_size, sos_token=sos_token,
+                         learning_rate=learning_rate, weight_decay=weight_decay, betas=betas,
+                         warmup_steps=warmup_steps, decay_steps=decay_steps, baseline_config=baseline_config)
+        self.pose_key = pose_key
+        self.mask_kwargs = dict(mask_kwargs or {})
+        self.point_mlp = PointMLP(self.transformer.n_embd, NUM_JOINTS, 3, pointmlp_hidden, joint_embedding)
+        if ckpt_path is not None:
+            self.init_from_ckpt(ckpt_path, ignore_keys=ignore_keys)
+
+    # ------------------------------------------------------------------ condition
+    def condition_features(self, batch) -> torch.Tensor:
+        """The PointMLP features (B, 13, n_embd) of batch[pose_key]."""
+        if self.pose_key not in batch:
+            raise KeyError(f"the batch has no '{self.pose_key}' entry (keys: {sorted(batch)}): the pose model needs "
+                           "the normalised target pose (B, 13, 3)")
+        return self.pose_features(batch[self.pose_key])
+
+    def pose_features(self, pose) -> torch.Tensor:
+        """pose (B, 13, 3) normalised [x/W, y/H, visibility] -> (B, 13, n_embd)."""
+        pose = torch.as_tensor(pose, dtype=torch.float32, device=self.device)
+        return self.point_mlp(pose)
+
+    def edit_inputs(self, batch) -> Dict[str, torch.Tensor]:
+        """Inference on a pair item: the reference (condition frame) is the image being edited and
+        the condition; the mask is the union of both poses' masks; the target pose is the extra
+        condition. -> sample_local/sample_edit keywords x, mask, c, extra."""
+        ref = self.get_input(self.cond_stage_key, batch).to(self.device)
+        mask = self.get_mask(batch, ref)
+        return {"x": ref, "mask": mask, "c": ref, "extra": self.condition_features(batch)}
+
+    # ------------------------------------------------------------------ synthesis
+    def masks_for(self, ref_pose_px, target_pose_px, height: int, width: int) -> torch.Tensor:
+        """(B, 13, 3) pixel poses -> the union masks (B, 1, H, W) of `pair_mask`, validated."""
+        ref, tgt = np.asarray(ref_pose_px, np.float32), np.asarray(target_pose_px, np.float32)
+        ref, tgt = (ref[None] if ref.ndim == 2 else ref), (tgt[None] if tgt.ndim == 2 else tgt)
+        if ref.shape[0] != tgt.shape[0]:
+            raise ValueError(f"{ref.shape[0]} reference poses but {tgt.shape[0]} target poses")
+        masks = [pair_mask(check_pose(r, height, width, "reference pose"), check_pose(t, height, width, "target pose"),
+                           height, width, **self.mask_kwargs) for r, t in zip(ref, tgt)]
+        return torch.from_numpy(np.stack(masks))[:, None].to(self.device)
+
+    @torch.no_grad()
+    def synthesize(self, reference: torch.Tensor, ref_pose_px, target_pose_px, mode: str = "local",
+                   mask: Optional[torch.Tensor] = None, **sampling) -> EditResult:
+        """The person of `reference` (B, 3, H, W) in [-1, 1], posed `ref_pose_px`, redrawn in
+        `target_pose_px` (both (B, 13, 3) or (13, 3) [x, y, visibility] in the image's pixels).
+        mask: (B, 1, H, W), default the union of both poses' masks. mode "local" (iLAT) or "edit"
+        (Taming's edit, for a model trained with lm_rate 1). `sampling`: `sample_local` keywords."""
+        if reference.dim() != 4 or reference.shape[1] != 3:
+            raise ValueError(f"reference of shape {tuple(reference.shape)} must be (B, 3, H, W)")
+        H, W = reference.shape[2:]
+        tgt = np.asarray(target_pose_px, np.float32)
+        tgt = tgt[None] if tgt.ndim == 2 else tgt
+        if mask is None:
+            mask = self.masks_for(ref_pose_px, tgt, H, W)
+        if tgt.shape[0] != reference.shape[0]:
+            raise ValueError(f"{tgt.shape[0]} target poses for {reference.shape[0]} reference images")
+        pose = np.stack([normalise_pose(t, H, W) for t in tgt])
+        extra = self.pose_features(pose)
+        reference = reference.to(self.device)
+        edit = self.sample_local if mode == "local" else self.sample_edit
+        return edit(reference, mask, reference, extra, **sampling)
+
+    def sample_edit(self, x, mask, c=None, extra=None, **kwargs) -> EditResult:
+        """Taming's edit; only for the vanilla-AR baseline (trained with lm_rate 1: causal attention only)."""
+        if self.lm_rate < 1.0:
+            raise NotImplementedError(f"this model was trained with the LA mask (lm_rate {self.lm_rate}); Taming's "
+                                      "causal edit needs the vanilla-AR baseline (lm_rate: 1.0)")
+        return TamingTransformer.sample_edit(self, x, mask, c, extra, **kwargs)
+
+    # ------------------------------------------------------------------ logging
+    @torch.no_grad()
+    def log_images(self, batch, N: int = 4, **kwargs):
+        """reference | mask | ground truth (target frame) | synthesis: the reference redrawn in the
+        target pose (iLAT's local edit, or Taming's edit for an lm_rate-1 baseline)."""
+        batch = {k: v[:N] for k, v in batch.items()}
+        inputs = self.edit_inputs(batch)
+        log = {"reference": inputs["x"], "mask": inputs["mask"] * 2 - 1,
+               "target": self.get_input(self.first_stage_key, batch).to(self.device)}
+        log["ilat" if self.lm_rate < 1.0 else "taming"] = (
+            self.sample_local(**inputs) if self.lm_rate < 1.0 else self.sample_edit(**inputs)).image
+        if self._baseline:
+            log["taming_star"] = self._baseline[0].to(self.device).sample_local(**inputs).image
+        return log
