@@ -28,7 +28,6 @@ Timing: `time.perf_counter` around each `edit` call only (data loading and metri
 CUDA synchronised), after one untimed warm-up call per method on the first batch.
 """
 import csv
-import math
 import os
 import re
 import time
@@ -40,6 +39,7 @@ import torch
 from PIL import Image
 
 from ilat_ext import metrics as M
+from ilat_ext.edit import make_grid as edit_grid, to_uint8
 
 MODES = {"local": "sample_local", "edit": "sample_edit"}
 DATA_CHOICES = ("toy_faces", "config:PATH")
@@ -179,44 +179,15 @@ def build_dataset(data: str, n: int = 16, size: int = 64, seed: int = 0):
 
 # ------------------------------------------------------------------------------------------ grid
 
-LABEL_H = 20  # label strip height in pixels (at tiles of 128 px and more)
-
-
 def _to_uint8(img: torch.Tensor) -> np.ndarray:
     """(C, H, W) in [-1, 1], C in {1, 3} -> (H, W, 3) uint8."""
-    img = img.detach().float().cpu().clamp(-1, 1)
-    if img.shape[0] == 1:
-        img = img.expand(3, -1, -1)
-    return ((img.permute(1, 2, 0).numpy() + 1.0) * 127.5).round().astype(np.uint8)
-
-
-def tile_size(image_size: int, min_tile: int = 128) -> int:
-    """Grid tile side: the image size times the smallest integer that reaches `min_tile`."""
-    return image_size * max(1, math.ceil(min_tile / image_size))
+    return to_uint8(img[None].expand(-1, 3, -1, -1) if img.shape[0] == 1 else img[None])[0]
 
 
 def make_grid(columns: Mapping[str, torch.Tensor], min_tile: int = 128) -> np.ndarray:
-    """columns: name -> (R, C, H, W) in [-1, 1] (C in {1, 3}); rows = items, one column per name,
-    a label strip with the names on top. Small images are enlarged (nearest) to `tile_size`.
-    Returns (LABEL_H + R * T, len(columns) * T, 3) uint8 with T = tile_size(W, min_tile)."""
-    import cv2
-    names = list(columns)
-    rows, _, h, w = next(iter(columns.values())).shape
-    t = tile_size(w, min_tile)
-    th = h * t // w
-    grid = np.full((LABEL_H + rows * th, len(names) * t, 3), 255, np.uint8)
-    for j, name in enumerate(names):
-        col = columns[name]
-        if col.shape[0] != rows or col.shape[2:] != (h, w):
-            raise ValueError(f"grid column {name!r} has shape {tuple(col.shape)}, expected ({rows}, C, {h}, {w})")
-        for i in range(rows):
-            tile = np.kron(_to_uint8(col[i]), np.ones((th // h, t // w, 1), np.uint8))
-            grid[LABEL_H + i * th:LABEL_H + (i + 1) * th, j * t:(j + 1) * t] = tile
-        scale = 0.45
-        while scale > 0.2 and cv2.getTextSize(name, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)[0][0] > t - 4:
-            scale -= 0.05
-        cv2.putText(grid, name, (j * t + 2, LABEL_H - 6), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 1, cv2.LINE_AA)
-    return grid
+    """columns: name -> (R, C, H, W) in [-1, 1]; rows = items, one column per name with its label
+    on top, small images enlarged (nearest) to at least `min_tile` (`ilat_ext.edit.make_grid`)."""
+    return edit_grid(columns, pad=0, min_tile=min_tile)
 
 
 # ----------------------------------------------------------------------------------------- table

@@ -394,12 +394,15 @@ def paste_back(original: np.ndarray, mask_full: np.ndarray, edited: np.ndarray) 
     return out, int(mask_full.sum() - inside.sum())
 
 
-def make_grid(columns: Mapping[str, torch.Tensor], path: Optional[str] = None, pad: int = 2) -> np.ndarray:
+def make_grid(columns: Mapping[str, torch.Tensor], path: Optional[str] = None, pad: int = 2,
+              min_tile: int = 0) -> np.ndarray:
     """A labelled side-by-side grid: one column per entry (its name written above it), one row per
     batch element. Each value is (B, C, H, W) in [-1, 1] with C = 1 or 3 (a mask: pass mask * 2 - 1).
+    Images narrower than `min_tile` are enlarged by the smallest integer factor that reaches it
+    (nearest neighbour, so pixels stay visible).
 
-    Returns the uint8 (header + B*H + (B-1)*pad, n*W + (n-1)*pad, 3) RGB grid and writes it to
-    `path` (format from the extension) if given.
+    Returns the uint8 (header + B*H + (B-1)*pad, n*W + (n-1)*pad, 3) RGB grid (H, W after any
+    enlarging) and writes it to `path` (format from the extension) if given.
     """
     if not columns:
         raise ValueError("make_grid needs at least one column")
@@ -409,6 +412,11 @@ def make_grid(columns: Mapping[str, torch.Tensor], path: Optional[str] = None, p
     for name, shape in shapes.items():
         if len(shape) != 4 or shape[1] not in (1, 3) or (shape[0],) + shape[2:] != (first[0],) + first[2:]:
             raise ValueError(f"grid columns must be (B, 1 or 3, H, W) of one B, H, W; got {shapes}")
+    factor = -(-int(min_tile) // first[3]) if min_tile > first[3] else 1
+    if factor > 1:
+        columns = {name: t.float().repeat_interleave(factor, 2).repeat_interleave(factor, 3)
+                   for name, t in columns.items()}
+        first = first[:2] + (first[2] * factor, first[3] * factor)
     B, _, H, W = first
     tiles = {name: to_uint8(t.expand(-1, 3, -1, -1) if t.shape[1] == 1 else t) for name, t in columns.items()}
     font = cv2.FONT_HERSHEY_SIMPLEX

@@ -30,3 +30,10 @@ def test_commands_name_existing_configs_and_known_flags():
     assert "python -m pytest -q" in README
     ci = open(os.path.join(REPO, ".ci", "run"), encoding="utf-8").read()
     assert "python -m pytest -q" in ci and 'pip install --quiet -e ".[test]"' in ci
+
+
+def test_scripts_named_in_the_readme_exist():
+    scripts = set(re.findall(r"python (scripts/[\w/]+\.py)", README))
+    assert "scripts/demo_faces.py" in scripts and "scripts/edit_face.py" in scripts
+    missing = [s for s in sorted(scripts) if not os.path.isfile(os.path.join(REPO, s))]
+    assert not missing, missing

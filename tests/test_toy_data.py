@@ -236,3 +236,25 @@ def test_bad_dataset_arguments_raise(kwargs, match):
 def test_bad_mask_arguments_raise(call, match):
     with pytest.raises(ValueError, match=match):
         call(np.random.default_rng(0))
+
+
+def test_render_cache_gives_the_same_items_and_stays_bounded():
+    """Items served from the render cache equal fresh renders; a face cached without its sketch is
+    rendered again when the sketch is asked for; the cache never holds more than its byte bound."""
+    import ilat_ext.data.toy as toy
+
+    saved = toy._RENDERED
+    try:
+        toy._RENDERED = toy._RenderCache(max_bytes=3 * 64 * 64 * 3)   # three faces without sketches
+        plain, sketched = ToyFaces(size=64, length=5, mask=False), ToyFaces(size=64, length=5, mask=False, sketch=True)
+        first = [plain[i]["image"].copy() for i in range(5)]
+        assert toy._RENDERED.bytes <= toy._RENDERED.max_bytes and len(toy._RENDERED._items) == 3
+        with_sketch = [sketched[i] for i in range(5)]
+        toy._RENDERED = toy._RenderCache(max_bytes=0)          # nothing cached: fresh renders
+        for i in range(5):
+            assert np.array_equal(plain[i]["image"], first[i])
+            assert np.array_equal(with_sketch[i]["image"], first[i])
+            assert np.array_equal(sketched[i]["sketch"], with_sketch[i]["sketch"])
+        assert toy._RENDERED.bytes == 0
+    finally:
+        toy._RENDERED = saved

@@ -100,3 +100,34 @@ def test_public_imagenet_checkpoint_loads_and_reconstructs_like_upstream(tmp_pat
     report = no_lpips.ckpt_load_report
     assert report.missing == []
     assert report.unexpected and all(k.startswith("loss.perceptual_loss.") for k in report.unexpected)
+
+
+def test_codebook_init_from_data(tmp_path):
+    """codebook_init="data" sets the codebook from the first training batch's encoder outputs (every
+    code where some position picks it), only when training starts from scratch; the default keeps
+    upstream's init; a bad value is refused."""
+    faces = ToyFaces(size=32, length=8, mask=False)
+    x = torch.stack([torch.from_numpy(faces[i]["image"]).permute(2, 0, 1) for i in range(8)])
+
+    def used(model):
+        with torch.no_grad():
+            return model.quantize(model.quant_conv(model.encoder(x)))[2][2].unique().numel()
+    uniform, data = _tiny(), _tiny(codebook_init="data")
+    assert torch.equal(uniform.quantize.embedding.weight, data.quantize.embedding.weight)   # same until training
+    data.init_codebook_from(x)
+    with torch.no_grad():
+        z = data.quant_conv(data.encoder(x)).permute(0, 2, 3, 1).reshape(-1, 8)
+    nearest = torch.cdist(data.quantize.embedding.weight, z).min(1).values        # every code sits on an output
+    assert (nearest < 0.05 * z.std() * 8 ** 0.5).all()
+    assert used(data) == 32                       # each code is the nearest for the position it came from
+
+    trained = _tiny(codebook_init="data")
+    before = trained.quantize.embedding.weight.clone()
+    _fit(trained, max_steps=1)
+    assert not trained._codebook_pending
+    assert (trained.quantize.embedding.weight - before).abs().max() > 10 * (1 / 32)   # moved far beyond uniform init
+    path = tmp_path / "vq.ckpt"
+    torch.save({"state_dict": trained.state_dict()}, path)
+    assert not _tiny(codebook_init="data", ckpt_path=str(path))._codebook_pending     # weights from a checkpoint
+    with pytest.raises(ValueError, match="codebook_init"):
+        _tiny(codebook_init="kmeans")

@@ -207,6 +207,18 @@ def pose_from_list(joints, name: str = "pose") -> np.ndarray:
     return np.asarray(rows, np.float64)
 
 
+def read_json(path, what: str = "JSON file"):
+    """The parsed content of a JSON file; FileNotFoundError / ValueError naming `what` and the path."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{what} not found: {path!r}")
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{what} {path!r} is not valid JSON: {e}") from None
+
+
 def load_pose_json(path, height: int, width: int) -> np.ndarray:
     """Validated float32 (13, 3) pose from a JSON file for a (height, width) image.
 
@@ -216,13 +228,7 @@ def load_pose_json(path, height: int, width: int) -> np.ndarray:
     naming the file for malformed JSON or an invalid pose (see `check_pose`).
     """
     path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"pose file not found: {path!r}")
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"pose file {path!r} is not valid JSON: {e}") from None
+    data = read_json(path, "pose file")
     if isinstance(data, dict):
         if "joints" not in data:
             raise ValueError(f"pose file {path!r}: a JSON object needs a 'joints' key, found {sorted(data)}")

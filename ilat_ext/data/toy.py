@@ -520,6 +520,41 @@ def _render_face(rng: np.random.Generator, size: int) -> Tuple[np.ndarray, np.nd
 # ------------------------------------------------------------------------------------- dataset
 
 
+class _RenderCache:
+    """Rendered (face, sketch) pairs by (seed, split, index, size), least recently used out first,
+    bounded in bytes. Items are a pure function of the key, so a chain of runs in one process
+    (the demo trains five stages on the same faces) renders each face once; DataLoader workers
+    keep caches of their own."""
+
+    def __init__(self, max_bytes: int = 256 * 2 ** 20):
+        from collections import OrderedDict
+        self.max_bytes, self.bytes = int(max_bytes), 0
+        self._items: "OrderedDict[tuple, Tuple[np.ndarray, Optional[np.ndarray]]]" = OrderedDict()
+
+    def get(self, key: tuple, sketch: bool, render) -> Tuple[np.ndarray, Optional[np.ndarray]]:
+        entry = self._items.get(key)
+        if entry is not None and (entry[1] is not None or not sketch):
+            self._items.move_to_end(key)
+            return entry
+        entry = render(sketch)
+        if entry[0].nbytes + (0 if entry[1] is None else entry[1].nbytes) <= self.max_bytes:
+            self._put(key, entry)
+        return entry
+
+    def _put(self, key: tuple, entry) -> None:
+        old = self._items.pop(key, None)
+        if old is not None:
+            self.bytes -= old[0].nbytes + (0 if old[1] is None else old[1].nbytes)
+        self._items[key] = entry
+        self.bytes += entry[0].nbytes + (0 if entry[1] is None else entry[1].nbytes)
+        while self.bytes > self.max_bytes:
+            _, (face, sketch) = self._items.popitem(last=False)
+            self.bytes -= face.nbytes + (0 if sketch is None else sketch.nbytes)
+
+
+_RENDERED = _RenderCache()
+
+
 class ToyFaces(torch.utils.data.Dataset):
     """Procedural face dataset in taming's item convention.
 
@@ -597,10 +632,14 @@ class ToyFaces(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> Dict[str, Any]:
         index = self._check_index(index)
-        face, canvas, _ = _render_face(self._rng(index, _FACE_STREAM), self.size)
+
+        def render(with_sketch: bool):
+            face, canvas, _ = _render_face(self._rng(index, _FACE_STREAM), self.size)
+            return face, (sketch_from_canvas(canvas, self.size) if with_sketch else None)
+        face, sketch = _RENDERED.get((self.seed, self.split, index, self.size), self.sketch, render)
         item = {"image": face.astype(np.float32) / 127.5 - 1.0, "index": index}
         if self.sketch:
-            item["sketch"] = sketch_to_tensor_layout(sketch_from_canvas(canvas, self.size))
+            item["sketch"] = sketch_to_tensor_layout(sketch)
         if self.mask:
             rng = self._rng(index, _MASK_STREAM)
             if self.mask_modes is None:

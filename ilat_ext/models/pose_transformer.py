@@ -76,6 +76,10 @@ class PoseILATTransformer(ILATTransformer):
         pose = torch.as_tensor(pose, dtype=torch.float32, device=self.device)
         return self.point_mlp(pose)
 
+    def sequence_positions(self, n_cond_tokens: int, n_grid: int) -> int:
+        """Transformer positions of a sequence of N condition tokens, the 13 pose features and L grid tokens."""
+        return super().sequence_positions(n_cond_tokens, n_grid) + self.point_mlp.n_joints
+
     def edit_inputs(self, batch) -> Dict[str, torch.Tensor]:
         """Inference on a pair item: the reference (condition frame) is the image being edited and
         the condition; the mask is the union of both poses' masks; the target pose is the extra

@@ -42,11 +42,11 @@ class TSVQModel(VQModel):
                  ignore_keys: Sequence[str] = (), image_key: str = "image", mask_key: str = "mask",
                  use_masks: bool = False, colorize_nlabels: Optional[int] = None, monitor: Optional[str] = None,
                  learning_rate: Optional[float] = None, adam_betas: Tuple[float, float] = (0.5, 0.9),
-                 lr_decay_every: Optional[int] = None, lr_decay_factor: float = 0.5):
+                 lr_decay_every: Optional[int] = None, lr_decay_factor: float = 0.5, codebook_init: str = "uniform"):
         super().__init__(ddconfig, lossconfig, n_embed, embed_dim, ckpt_path=ckpt_path, ignore_keys=ignore_keys,
                          image_key=image_key, colorize_nlabels=colorize_nlabels, monitor=monitor,
                          learning_rate=learning_rate, adam_betas=adam_betas, lr_decay_every=lr_decay_every,
-                         lr_decay_factor=lr_decay_factor)
+                         lr_decay_factor=lr_decay_factor, codebook_init=codebook_init)
         self.mask_key = mask_key
         self.use_masks = bool(use_masks)
         self.downsample_factor = 2 ** (len(ddconfig["ch_mult"]) - 1)

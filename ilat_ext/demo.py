@@ -1,0 +1,242 @@
+"""The one-command demos: the whole toy chain on CPU, edits, a comparison.
+
+    python scripts/demo_faces.py [--out demo] [--steps-scale 1.0]
+    python scripts/demo_poses.py [--out demo_poses] [--steps-scale 1.0]
+
+Faces (`run_face_demo`):
+
+1. Trains the toy chain on the embedded procedural faces through main.py (each stage a normal
+   run under `<out>/logs/`, with its images and checkpoints): the sketch VQGAN, the face TS-VQGAN
+   stage 1 (no masks) and stage 2 (masks), then the iLAT and the Taming transformers on the
+   frozen stages. A stage whose run already holds a checkpoint with enough steps is reused, so an
+   interrupted demo continues where it stopped (`--fresh` retrains everything).
+2. Edits held-out faces with NEW strokes: the region around the mouth is masked and the strokes
+   inside it are another face's sketch (`compose_edit_sketch`: the face's own sketch outside the
+   mask, the donor's strokes inside), so a correct edit draws the donor's mouth and keeps the rest.
+   Grid: input | mask | sketch | Taming | Taming* | iLAT (`<out>/edits.png`).
+3. Compares Taming, Taming* and iLAT on held-out faces with their own sketches and free-form masks
+   (ground truth known): PSNR / SSIM / MAE, PSNR outside the mask against the input (identity
+   preservation), seconds per image (`ilat_ext.compare`; `<out>/comparison/`).
+"""
+import glob
+import os
+import time
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+
+from ilat_ext.checkpoint import load_checkpoint
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TOY = os.path.join(REPO, "configs", "toy")
+
+
+@dataclass
+class Stage:
+    """One main.py run of the chain: its name, config, step count and overrides ({run} fields are
+    filled with the checkpoints of earlier stages)."""
+    name: str
+    config: str
+    steps: int
+    overrides: Sequence[str] = ()
+
+
+def face_chain(scale: float = 1.0) -> List[Stage]:
+    """The toy face chain; `scale` multiplies every step count (1.0 fits the demo's 15 minutes)."""
+    s = lambda n: max(1, int(round(n * scale)))  # noqa: E731
+    stages = "model.params.first_stage_config.params.ckpt_path={ts2}", \
+             "model.params.cond_stage_config.params.ckpt_path={sketch}"
+    return [
+        Stage("sketch", os.path.join(TOY, "sketch_vqgan.yaml"), s(200)),
+        Stage("ts1", os.path.join(TOY, "tsvqgan_face.yaml"), s(200), ("model.params.use_masks=false",)),
+        Stage("ts2", os.path.join(TOY, "tsvqgan_face.yaml"), s(150), ("model.params.ckpt_path={ts1}",)),
+        Stage("ilat", os.path.join(TOY, "ilat.yaml"), s(400), stages),
+        Stage("taming", os.path.join(TOY, "taming.yaml"), s(400), stages),
+    ]
+
+
+def pose_chain(scale: float = 1.0) -> List[Stage]:
+    """The toy pose chain on the stick-figure videos: TS-VQGAN stage 1 and 2 (pose masks), then iLAT,
+    iLAT* (the same weights as a plain VQGAN: no two-stream convolutions) and the vanilla-AR
+    Taming baseline, all with the PointMLP pose features."""
+    s = lambda n: max(1, int(round(n * scale)))  # noqa: E731
+    stage = "model.params.first_stage_config.params.ckpt_path={pose_ts}"
+    config = lambda name: os.path.join(TOY, f"{name}.yaml")  # noqa: E731
+    return [
+        Stage("pose_vq", config("tsvqgan_pose"), s(200), ("model.params.use_masks=false",)),
+        Stage("pose_ts", config("tsvqgan_pose"), s(150), ("model.params.ckpt_path={pose_vq}",)),
+        Stage("pose_ilat", config("ilat_pose"), s(400), (stage,)),
+        Stage("pose_ilat_star", config("ilat_pose"), s(400),
+              (stage, "model.params.first_stage_config.target=ilat_ext.models.VQModel")),
+        Stage("pose_taming", config("taming_pose"), s(400), (stage,)),
+    ]
+
+
+def find_run(logdir: str, name: str) -> Optional[str]:
+    """The newest run folder `<logdir>/<timestamp>_<name>` holding checkpoints/last.ckpt, or None."""
+    runs = sorted(d for d in glob.glob(os.path.join(logdir, f"????-??-??T??-??-??_{name}"))
+                  if os.path.isfile(os.path.join(d, "checkpoints", "last.ckpt")))
+    return runs[-1] if runs else None
+
+
+def run_steps(run: str) -> int:
+    """The global step stored in a run's last.ckpt."""
+    return int(load_checkpoint(os.path.join(run, "checkpoints", "last.ckpt")).get("global_step", 0))
+
+
+def train_chain(stages: Sequence[Stage], logdir: str, fresh: bool = False, extra: Sequence[str] = (),
+                log=print) -> Dict[str, str]:
+    """Train (or reuse) every stage in order through main.py; returns {stage name: run folder}."""
+    from ilat_ext import main as cli
+
+    runs: Dict[str, str] = {}
+    ckpts: Dict[str, str] = {}
+    for stage in stages:
+        run = None if fresh else find_run(logdir, stage.name)
+        if run is not None and run_steps(run) >= stage.steps:
+            log(f"[{stage.name}] reusing {run} ({run_steps(run)} steps)")
+        else:
+            start = time.perf_counter()
+            overrides = [o.format(**ckpts) for o in stage.overrides]
+            log(f"[{stage.name}] training {os.path.relpath(stage.config, REPO)} for {stage.steps} steps")
+            cli.main(["-l", logdir, "--base", stage.config, "-t", "-n", stage.name, "--max_steps", str(stage.steps),
+                      *overrides, *extra])
+            run = find_run(logdir, stage.name)
+            if run is None:
+                raise RuntimeError(f"stage {stage.name} finished without writing {logdir}/*_{stage.name}/"
+                                   "checkpoints/last.ckpt")
+            log(f"[{stage.name}] done in {time.perf_counter() - start:.0f} s: {run}")
+        runs[stage.name] = run
+        ckpts[stage.name] = os.path.join(run, "checkpoints", "last.ckpt")
+    return runs
+
+
+def mouth_mask(size: int) -> np.ndarray:
+    """float32 (size, size): a box around where the toy faces' mouths are (lower middle of the face)."""
+    mask = np.zeros((size, size), np.float32)
+    top, bottom = int(round(0.56 * size)), int(round(0.84 * size))
+    left, right = int(round(0.28 * size)), int(round(0.72 * size))
+    mask[top:bottom, left:right] = 1.0
+    return mask
+
+
+def new_stroke_batch(n: int, size: int = 64, seed: int = 0):
+    """Held-out faces (ToyFaces test split) with the mouth region masked and another test face's
+    sketch as the strokes inside it. -> x (n, 3, H, W) in [-1, 1], mask (n, 1, H, W), sketch
+    (n, 1, H, W) in [-1, 1] (+1 paper)."""
+    from ilat_ext.data import ToyFaces
+    from ilat_ext.data.sketch import compose_edit_sketch, sketch_to_tensor_layout
+
+    faces = ToyFaces(size=size, length=2 * n, split="test", seed=seed, mask=False, sketch=False)
+    mask = mouth_mask(size)
+    xs, sketches = [], []
+    for i in range(n):
+        face = faces.face(i)
+        donor = faces.sketch_of(n + i)                    # a different face's strokes
+        sketch = compose_edit_sketch(face, mask, donor, original_sketch=faces.sketch_of(i))
+        xs.append(face.astype(np.float32) / 127.5 - 1.0)
+        sketches.append(sketch_to_tensor_layout(sketch))
+    x = torch.from_numpy(np.stack(xs)).permute(0, 3, 1, 2)
+    sketch = torch.from_numpy(np.stack(sketches)).permute(0, 3, 1, 2)
+    m = torch.from_numpy(mask)[None, None].expand(n, 1, size, size).contiguous()
+    return x, m, sketch
+
+
+@torch.no_grad()
+def edit_with_new_strokes(models: Dict[str, object], n: int, out_path: str, size: int = 64, seed: int = 0):
+    """The new-strokes grid input | mask | sketch | Taming | Taming* | iLAT; returns the columns."""
+    from ilat_ext.edit import make_grid
+
+    x, mask, sketch = new_stroke_batch(n, size, seed)
+    taming, ilat = models["taming"], models["ilat"]
+    columns = {"input": x, "mask": mask * 2 - 1, "sketch": sketch,
+               "Taming": taming.sample_edit(x, mask, sketch).image,
+               "Taming*": taming.sample_local(x, mask, sketch).image,
+               "iLAT": ilat.sample_local(x, mask, sketch).image}
+    make_grid(columns, out_path)
+    return columns
+
+
+def run_face_demo(out: str = "demo", scale: float = 1.0, n_edit: int = 8, n_compare: int = 16, fresh: bool = False,
+                  train_overrides: Sequence[str] = (), log=print) -> List[dict]:
+    """Steps 1-3 of the module docstring; returns the comparison table's rows."""
+    from ilat_ext.compare import build_dataset, compare, markdown_table, model_method
+    from ilat_ext.runs import load_run
+
+    start = time.perf_counter()
+    os.makedirs(out, exist_ok=True)
+    runs = train_chain(face_chain(scale), os.path.join(out, "logs"), fresh=fresh, extra=train_overrides, log=log)
+    trained = time.perf_counter()
+    models = {name: load_run(runs[name])[0] for name in ("ilat", "taming")}
+    edits = os.path.join(out, "edits.png")
+    edit_with_new_strokes(models, n_edit, edits)
+    log(f"new-strokes edits: {edits} (input | mask | sketch | Taming | Taming* | iLAT)")
+    methods = [model_method("Taming", models["taming"], "edit"), model_method("Taming*", models["taming"], "local"),
+               model_method("iLAT", models["ilat"], "local")]
+    rows = compare(methods, build_dataset("toy_faces", n=n_compare, size=64, seed=0), os.path.join(out, "comparison"),
+                   batch_size=8, verbose=False, progress=True)
+    log(markdown_table(rows))
+    log(f"comparison: {os.path.join(out, 'comparison')} (grid.png, metrics.md, metrics.csv)")
+    log(f"total {time.perf_counter() - start:.0f} s (training {trained - start:.0f} s)")
+    return rows
+
+
+@torch.no_grad()
+def run_pose_demo(out: str = "demo_poses", scale: float = 1.0, n_show: int = 6, n_compare: int = 16,
+                  fresh: bool = False, train_overrides: Sequence[str] = (), log=print) -> List[dict]:
+    """The toy pose chain (`pose_chain`), then on held-out stick-figure videos:
+    - `<out>/poses.png`: reference | target pose | mask | Taming | iLAT* | iLAT | ground truth;
+    - `<out>/sequence/`: one reference redrawn in every pose of its video (frames, GIF, MP4, strip);
+    - `<out>/comparison/`: Taming, iLAT* and iLAT against the ground-truth target frames (PSNR /
+      SSIM / MAE, PSNR outside the union mask against the reference: the kept background).
+    Returns the comparison table's rows."""
+    from ilat_ext.compare import compare, markdown_table, model_method
+    from ilat_ext.data.toy_pose import ToyPoses
+    from ilat_ext import pose_guide as pg
+    from ilat_ext.edit import make_grid, to_uint8, write_rgb
+    from ilat_ext.runs import load_run
+
+    start = time.perf_counter()
+    os.makedirs(out, exist_ok=True)
+    runs = train_chain(pose_chain(scale), os.path.join(out, "logs"), fresh=fresh, extra=train_overrides, log=log)
+    trained = time.perf_counter()
+    models = {name: load_run(runs[f"pose_{name}"])[0] for name in ("ilat", "ilat_star", "taming")}
+    test = ToyPoses(size=64, length=max(n_show, n_compare), split="test")
+
+    batch = torch.utils.data.default_collate([test[i] for i in range(n_show)])
+    inputs = models["ilat"].edit_inputs(batch)
+    skeletons = torch.from_numpy(pg.skeleton_images(batch["pose_px"].numpy(), 64, 64)).permute(0, 3, 1, 2)
+    columns = {"reference": inputs["x"], "target pose": skeletons.float() / 127.5 - 1, "mask": inputs["mask"] * 2 - 1,
+               "Taming": models["taming"].sample_edit(**inputs).image,
+               "iLAT*": models["ilat_star"].sample_local(**models["ilat_star"].edit_inputs(batch)).image,
+               "iLAT": models["ilat"].sample_local(**inputs).image,
+               "ground truth": batch["image"].permute(0, 3, 1, 2)}
+    make_grid(columns, os.path.join(out, "poses.png"))
+    log(f"pose edits: {os.path.join(out, 'poses.png')}")
+
+    seq_dir = os.path.join(out, "sequence")
+    os.makedirs(seq_dir, exist_ok=True)
+    poses = [test.video_pose(0, k) for k in range(test.frames_per_video)]   # held-out video 0
+    reference = torch.from_numpy(test.render(0, poses[0])).permute(2, 0, 1)[None].float() / 127.5 - 1
+    frames, masks = pg.synthesize_sequence(models["ilat"], reference, poses[0], poses[1:])
+    for k, frame in enumerate(to_uint8(frames)):
+        write_rgb(os.path.join(seq_dir, f"frame_{k:03d}.png"), frame)
+    pg.write_gif(os.path.join(seq_dir, "sequence.gif"), frames)
+    pg.write_mp4(os.path.join(seq_dir, "sequence.mp4"), frames)
+    pg.write_strip(os.path.join(seq_dir, "strip.png"), frames, poses[1:])
+    kept = pg.outside_psnr(frames, reference, masks)
+    log(f"sequence: {seq_dir} ({len(frames)} frames; PSNR outside the masks against the reference "
+        f"{float(kept.mean()):.2f} dB)")
+
+    keys = dict(image_key="cond_image", mask_key="mask", cond_key="cond_image")
+    methods = [model_method("Taming", models["taming"], "edit", **keys),
+               model_method("iLAT*", models["ilat_star"], "local", **keys),
+               model_method("iLAT", models["ilat"], "local", **keys)]
+    rows = compare(methods, test, os.path.join(out, "comparison"), n=n_compare, batch_size=8, target_key="image",
+                   verbose=False, progress=True, **keys)
+    log(markdown_table(rows))
+    log(f"comparison: {os.path.join(out, 'comparison')} (grid.png, metrics.md, metrics.csv)")
+    log(f"total {time.perf_counter() - start:.0f} s (training {trained - start:.0f} s)")
+    return rows

@@ -1,0 +1,242 @@
+"""scripts/pose_guide.py and ilat_ext.pose_guide on tiny toy pose runs (iLAT and the vanilla-AR
+baseline) trained once for the module, with a toy reference saved at a non-square source size."""
+import glob
+import json
+import os
+import runpy
+
+import cv2
+import numpy as np
+import pytest
+import scipy.io
+import torch
+from omegaconf import OmegaConf
+from PIL import Image
+
+from ilat_ext import main as cli
+from ilat_ext import pose_guide as pg
+from ilat_ext.data.pose import resize_pose, scale_pose
+from ilat_ext.data.toy_pose import ToyPoses
+from ilat_ext.util import instantiate_from_config
+from tests.helpers import REPO
+from tests.test_pose_chain import SMALL
+
+SCRIPT = os.path.join(REPO, "scripts", "pose_guide.py")
+H, W = 80, 96  # the reference file's size; the model sees it stretched to 64 x 64
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """{"ilat", "taming": pose runs trained one step; "vqgan": a run whose model is a first stage}."""
+    tmp = tmp_path_factory.mktemp("pose_guide_runs")
+    cfg = OmegaConf.load(os.path.join(REPO, "configs", "toy", "ilat_pose.yaml")).model.params.first_stage_config
+    cfg.params.ckpt_path = None
+    torch.manual_seed(0)
+    stage = instantiate_from_config(cfg)
+    ckpt = str(tmp / "pose_ts.ckpt")
+    torch.save({"state_dict": stage.state_dict(), "global_step": 0}, ckpt)
+    for name, config in (("ilat", "ilat_pose"), ("taming", "taming_pose")):
+        cli.main(["-l", str(tmp / "logs"), "-n", name, "--base", os.path.join(REPO, "configs", "toy", f"{config}.yaml"),
+                  "-t", "--max_steps", "1", "lightning.callbacks.image_logger.params.log_on_train_end=false",
+                  f"model.params.first_stage_config.params.ckpt_path={ckpt}"] + SMALL)
+    out = {name: glob.glob(str(tmp / "logs" / f"*_{name}"))[0] for name in ("ilat", "taming")}
+    vq = tmp / "logs" / "vqgan"  # a non-pose run, built cheaply from the first stage's config
+    (vq / "configs").mkdir(parents=True)
+    (vq / "checkpoints").mkdir()
+    OmegaConf.save(OmegaConf.create({"model": cfg}), str(vq / "configs" / "x-project.yaml"))
+    torch.save({"state_dict": stage.state_dict()}, str(vq / "checkpoints" / "last.ckpt"))
+    out["vqgan"] = str(vq)
+    return out
+
+
+def _to_source(pose):
+    """A 64-px toy pose in the W x H reference file's pixels."""
+    return scale_pose(pose, W / 64, H / 64)
+
+
+def _json(path, pose):
+    with open(path, "w") as f:
+        json.dump({"joints": [[float(x), float(y), int(v)] for x, y, v in np.asarray(pose).tolist()]}, f)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    """The reference png (W x H), its pose and a target pose as JSON, 3 more target poses of the
+    same toy video (a list JSON and a Penn Action-style .mat label file of 5 frames)."""
+    tmp = tmp_path_factory.mktemp("pose_guide_inputs")
+    data = ToyPoses(size=64, length=4, split="test")
+    item = data[1]
+    image = ((item["cond_image"] + 1.0) * 127.5).round().astype(np.uint8)
+    ref_png = str(tmp / "ref.png")
+    cv2.imwrite(ref_png, cv2.cvtColor(cv2.resize(image, (W, H), interpolation=cv2.INTER_CUBIC), cv2.COLOR_RGB2BGR))
+    video = int(item["video"])
+    seq = [_to_source(data.video_pose(video, k)) for k in range(5)]
+    with open(tmp / "poses.json", "w") as f:
+        json.dump({"poses": [p.tolist() for p in seq[:3]]}, f)
+    poses = np.stack(seq)                                                          # (5, 13, 3)
+    scipy.io.savemat(str(tmp / "video.mat"), {
+        "x": poses[:, :, 0], "y": poses[:, :, 1], "visibility": poses[:, :, 2].astype(np.uint8),
+        "bbox": np.tile([[0, 0, W, H]], (5, 1)).astype(np.float64), "train": 1, "nframes": 5})
+    return {"dir": tmp, "image": ref_png, "ref": _json(tmp / "ref.json", _to_source(item["cond_pose_px"])),
+            "target": _json(tmp / "target.json", _to_source(item["pose_px"])), "poses": str(tmp / "poses.json"),
+            "label": str(tmp / "video.mat"), "item": item}
+
+
+@pytest.fixture(scope="module")
+def script():
+    return runpy.run_path(SCRIPT)["main"]
+
+
+def _rgb(path):
+    return cv2.cvtColor(cv2.imread(path), cv2.COLOR_BGR2RGB)
+
+
+def test_library_keeps_the_reference_tokens_outside_the_mask(runs, inputs):
+    run = pg.load_pose_model(runs["ilat"], "cpu")
+    assert (run.size, run.resize) == (64, "stretch")
+    reference, (h, w) = pg.read_reference(inputs["image"], run.size, run.resize)
+    assert reference.shape == (1, 3, 64, 64) and (h, w) == (H, W)
+    ref = resize_pose(pg.read_pose(inputs["ref"], h, w), h, w, run.size)
+    tgt = resize_pose(pg.read_pose(inputs["target"], h, w), h, w, run.size)
+    assert np.allclose(tgt, inputs["item"]["pose_px"], atol=1e-3)        # scaled back to the model's pixels
+    result = run.model.synthesize(reference, ref, tgt)
+    mask = run.model.masks_for(ref, tgt, 64, 64)
+    z, _ = run.model.encode_target(reference, mask)
+    assert result.token_mask.any() and not result.token_mask.all()
+    assert torch.equal(result.indices[~result.token_mask], z[~result.token_mask])
+    # the sequence function gives the same frames and masks, batched or not; a seeded draw is
+    # reproducible, and the batches do not repeat one draw (one generator for the whole sequence)
+    targets = [tgt, ref, tgt]
+    frames, masks = pg.synthesize_sequence(run.model, reference, ref, targets, batch_size=2)
+    assert frames.shape == (3, 3, 64, 64) and masks.shape == (3, 1, 64, 64)
+    assert torch.allclose(frames[0], result.image[0], atol=1e-3) and torch.equal(masks[0], mask[0].cpu())
+    same = [tgt, tgt]
+    a, _ = pg.synthesize_sequence(run.model, reference, ref, same, batch_size=1, greedy=False, seed=3)
+    b, _ = pg.synthesize_sequence(run.model, reference, ref, same, batch_size=1, greedy=False, seed=3)
+    assert torch.equal(a, b) and not torch.equal(a[0], a[1])
+    psnr = pg.outside_psnr(frames, reference, masks)
+    assert psnr.shape == (3,) and torch.isfinite(psnr).all()
+
+
+def test_single_image_and_grid_with_baseline(runs, inputs, script, capsys, tmp_path):
+    out, grid = str(tmp_path / "out.png"), str(tmp_path / "grid.png")
+    assert script(["--run", runs["ilat"], "--image", inputs["image"], "--ref_pose", inputs["ref"], "--target_pose",
+                   inputs["target"], "--out", out, "--grid", grid, "--baseline", runs["taming"],
+                   "--device", "cpu"]) == 0
+    said = capsys.readouterr().out
+    assert "PSNR outside the mask" in said and " dB" in said
+    assert _rgb(out).shape == (64, 64, 3)
+    image = _rgb(grid)
+    assert image.shape[1] == 5 * 64 + 4 * 2                   # reference | target pose | mask | Taming | iLAT
+    header = image.shape[0] - 64
+    for j in range(5):                                        # each column has its label above it
+        assert (image[:header, j * 66:j * 66 + 64] < 128).any()
+    names = ["reference", "target pose", "mask", "Taming", "iLAT"]
+    from ilat_ext.edit import make_grid
+    labels = make_grid({n: torch.zeros(1, 3, 64, 64) for n in names})[:header]
+    assert np.array_equal(image[:header], labels)             # the same labels, in this order
+
+
+def test_sequence_of_three_poses(runs, inputs, script, capsys, tmp_path):
+    out_dir = str(tmp_path / "seq")
+    assert script(["--run", runs["ilat"], "--image", inputs["image"], "--ref_pose", inputs["ref"], "--target_poses",
+                   inputs["poses"], "--out_dir", out_dir, "--batch_size", "2", "--quiet", "--device", "cpu"]) == 0
+    said = capsys.readouterr().out
+    assert said.count("dB") == 1 and said.count(", ") >= 2
+    assert sorted(os.listdir(out_dir)) >= ["frame_000.png", "frame_001.png", "frame_002.png"]
+    assert not os.path.exists(os.path.join(out_dir, "frame_003.png"))
+    with Image.open(os.path.join(out_dir, "sequence.gif")) as gif:
+        assert gif.n_frames == 3 and gif.size == (64, 64)
+    strip = _rgb(os.path.join(out_dir, "strip.png"))
+    assert strip.shape == (2 * 64 + 2, 4 * 64 + 3 * 2, 3)     # reference + 3 frames over their skeletons
+    assert np.array_equal(strip[:64, 66:130], _rgb(os.path.join(out_dir, "frame_000.png")))
+    probe = cv2.VideoWriter(str(tmp_path / "probe.mp4"), cv2.VideoWriter_fourcc(*"mp4v"), 4.0, (64, 64))
+    can_mp4 = probe.isOpened()
+    probe.release()
+    mp4 = os.path.join(out_dir, "sequence.mp4")
+    if can_mp4:
+        video = cv2.VideoCapture(mp4)
+        assert int(video.get(cv2.CAP_PROP_FRAME_COUNT)) == 3
+        video.release()
+    else:
+        assert "skipped the MP4" in said and not os.path.exists(mp4)
+
+
+def test_mp4_writer_that_cannot_open(tmp_path, monkeypatch):
+    class Closed:
+        def __init__(self, *args):
+            pass
+
+        def isOpened(self):
+            return False
+
+        def release(self):
+            pass
+
+    monkeypatch.setattr(pg.cv2, "VideoWriter", Closed)
+    assert pg.write_mp4(str(tmp_path / "x.mp4"), np.zeros((2, 16, 16, 3), np.uint8)) is False
+
+
+def test_penn_action_label_file(runs, inputs, script, capsys, tmp_path):
+    """Label frames 1..3 (1-based) are the poses of poses.json: the same frames come out."""
+    ref = ["--run", runs["ilat"], "--image", inputs["image"], "--ref_label", inputs["label"], "--ref_frame", "1",
+           "--quiet", "--device", "cpu"]
+    label_dir, json_dir = str(tmp_path / "label_seq"), str(tmp_path / "json_seq")
+    assert script(ref + ["--target_label", inputs["label"], "--frames", "1:3", "--out_dir", label_dir]) == 0
+    assert script(ref + ["--target_poses", inputs["poses"], "--out_dir", json_dir]) == 0
+    for k in range(3):
+        name = f"frame_{k:03d}.png"
+        assert np.array_equal(_rgb(os.path.join(label_dir, name)), _rgb(os.path.join(json_dir, name)))
+    assert script(ref + ["--target_label", inputs["label"], "--frames", "2:5:2", "--out_dir", label_dir + "2"]) == 0
+    with Image.open(os.path.join(label_dir + "2", "sequence.gif")) as gif:
+        assert gif.n_frames == 2                              # frames 2 and 4
+    assert pg.parse_frames("1:40:4", 40) == list(range(1, 41, 4)) and pg.parse_frames("3,1", 5) == [3, 1]
+    out = str(tmp_path / "one.png")
+    assert script(["--run", runs["ilat"], "--image", inputs["image"], "--ref_pose", inputs["ref"], "--target_label",
+                   inputs["label"], "--target_frame", "3", "--out", out, "--device", "cpu"]) == 0
+    assert _rgb(out).shape == (64, 64, 3)
+    capsys.readouterr()
+
+
+def _error(script, capsys, argv):
+    assert script(argv) == 2
+    return capsys.readouterr().err
+
+
+def test_errors(runs, inputs, script, capsys, tmp_path):
+    base = ["--image", inputs["image"], "--ref_pose", inputs["ref"], "--device", "cpu"]
+    joints = json.load(open(inputs["target"]))["joints"]
+    twelve = _json(tmp_path / "twelve.json", joints[:12])
+    err = _error(script, capsys, ["--run", runs["ilat"], *base, "--target_pose", twelve,
+                                  "--out", str(tmp_path / "o.png")])
+    assert "12 joints" in err and "13" in err
+    outside = [list(j) for j in joints]
+    outside[5] = [W + 40.0, 10.0, 1]
+    err = _error(script, capsys, ["--run", runs["ilat"], *base, "--out", str(tmp_path / "o.png"),
+                                  "--target_pose", _json(tmp_path / "outside.json", outside)])
+    assert "l_wrist" in err and "outside" in err
+    err = _error(script, capsys, ["--run", runs["ilat"], *base, "--out", str(tmp_path / "o.png"),
+                                  "--target_label", str(tmp_path / "missing.mat"), "--target_frame", "1"])
+    assert "label file not found" in err and "missing.mat" in err
+    err = _error(script, capsys, ["--run", runs["ilat"], *base, "--out", str(tmp_path / "o.png"),
+                                  "--target_label", inputs["label"], "--target_frame", "9"])
+    assert "frame 9 out of range" in err and "5 frames" in err
+    err = _error(script, capsys, ["--run", runs["ilat"], *base, "--out_dir", str(tmp_path / "d"),
+                                  "--target_label", inputs["label"], "--frames", "1:8"])
+    assert "frame 6 out of range" in err
+    err = _error(script, capsys, ["--run", str(tmp_path / "no_run"), *base, "--target_pose", inputs["target"],
+                                  "--out", str(tmp_path / "o.png")])
+    assert "run not found" in err
+    err = _error(script, capsys, ["--run", runs["vqgan"], *base, "--target_pose", inputs["target"],
+                                  "--out", str(tmp_path / "o.png")])
+    assert "not a PoseILATTransformer" in err and "TSVQModel" in err
+    err = _error(script, capsys, ["--run", runs["ilat"], *base, "--target_pose", inputs["target"], "--out",
+                                  str(tmp_path / "o.png"), "--grid", str(tmp_path / "g.png"),
+                                  "--baseline", runs["ilat"]])
+    assert "lm_rate 0.15" in err and "1.0" in err
+    assert not os.path.exists(tmp_path / "o.png")
+    with pytest.raises(SystemExit) as e:                      # usage errors exit 2 through argparse
+        script(["--run", runs["ilat"], *base, "--target_pose", inputs["target"]])
+    assert e.value.code == 2
+    capsys.readouterr()
