@@ -52,8 +52,8 @@ def face_chain(scale: float = 1.0) -> List[Stage]:
         Stage("sketch", os.path.join(TOY, "sketch_vqgan.yaml"), s(200)),
         Stage("ts1", os.path.join(TOY, "tsvqgan_face.yaml"), s(200), ("model.params.use_masks=false",)),
         Stage("ts2", os.path.join(TOY, "tsvqgan_face.yaml"), s(150), ("model.params.ckpt_path={ts1}",)),
-        Stage("ilat", os.path.join(TOY, "ilat.yaml"), s(400), stages),
-        Stage("taming", os.path.join(TOY, "taming.yaml"), s(400), stages),
+        Stage("ilat", os.path.join(TOY, "ilat.yaml"), s(350), stages),
+        Stage("taming", os.path.join(TOY, "taming.yaml"), s(350), stages),
     ]
 
 
@@ -203,9 +203,9 @@ def run_pose_demo(out: str = "demo_poses", scale: float = 1.0, n_show: int = 6, 
     runs = train_chain(pose_chain(scale), os.path.join(out, "logs"), fresh=fresh, extra=train_overrides, log=log)
     trained = time.perf_counter()
     models = {name: load_run(runs[f"pose_{name}"])[0] for name in ("ilat", "ilat_star", "taming")}
-    test = ToyPoses(size=64, length=max(n_show, n_compare), split="test")
-
-    batch = torch.utils.data.default_collate([test[i] for i in range(n_show)])
+    test = ToyPoses(size=64, length=max(n_show, n_compare) * 8, split="test")
+    # one pair from each of n_show different videos (items of one video are consecutive)
+    batch = torch.utils.data.default_collate([test[i * test.frames_per_video] for i in range(n_show)])
     inputs = models["ilat"].edit_inputs(batch)
     skeletons = torch.from_numpy(pg.skeleton_images(batch["pose_px"].numpy(), 64, 64)).permute(0, 3, 1, 2)
     columns = {"reference": inputs["x"], "target pose": skeletons.float() / 127.5 - 1, "mask": inputs["mask"] * 2 - 1,
@@ -234,9 +234,35 @@ def run_pose_demo(out: str = "demo_poses", scale: float = 1.0, n_show: int = 6, 
     methods = [model_method("Taming", models["taming"], "edit", **keys),
                model_method("iLAT*", models["ilat_star"], "local", **keys),
                model_method("iLAT", models["ilat"], "local", **keys)]
-    rows = compare(methods, test, os.path.join(out, "comparison"), n=n_compare, batch_size=8, target_key="image",
+    pairs = torch.utils.data.Subset(test, [i * test.frames_per_video + i % test.frames_per_video
+                                           for i in range(n_compare)])             # n_compare videos
+    rows = compare(methods, pairs, os.path.join(out, "comparison"), n=n_compare, batch_size=8, target_key="image",
                    verbose=False, progress=True, **keys)
     log(markdown_table(rows))
     log(f"comparison: {os.path.join(out, 'comparison')} (grid.png, metrics.md, metrics.csv)")
     log(f"total {time.perf_counter() - start:.0f} s (training {trained - start:.0f} s)")
     return rows
+
+
+def main(kind: str, argv: Optional[Sequence[str]] = None, doc: str = "") -> int:
+    """The command line of scripts/demo_faces.py (kind "faces") and scripts/demo_poses.py ("poses")."""
+    import argparse
+
+    faces = kind == "faces"
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0] or None)
+    parser.add_argument("--out", default="demo" if faces else "demo_poses", help="output folder")
+    parser.add_argument("--steps-scale", type=float, default=1.0,
+                        help="multiply every stage's training steps (1.0: the figures in the README)")
+    parser.add_argument("--n-show", type=int, default=8 if faces else 6,
+                        help="held-out items in edits.png / poses.png")
+    parser.add_argument("--n-compare", type=int, default=16, help="held-out items in the comparison")
+    parser.add_argument("--fresh", action="store_true", help="retrain every stage even if its run exists")
+    args, overrides = parser.parse_known_args(argv)
+    bad = [o for o in overrides if o.startswith("-")]
+    if bad:
+        parser.error(f"unrecognized options: {bad} (main.py overrides for every stage are written key=value)")
+    if args.steps_scale <= 0:
+        parser.error("--steps-scale must be > 0")
+    run = run_face_demo if faces else run_pose_demo
+    run(args.out, args.steps_scale, args.n_show, args.n_compare, args.fresh, overrides)
+    return 0

@@ -26,6 +26,9 @@ import sys
 from typing import Dict, List, Optional
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from _cli import report_missing  # noqa: E402
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -166,16 +169,10 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     _check_args(parser, args)
     # cheap checks first: a missing file answers before the model loads
-    for flag in ("image", "mask", "strokes", "sketch"):
-        path = getattr(args, flag)
-        if path is not None and not os.path.isfile(path):
-            print(f"error: --{flag} file not found: {path!r}", file=sys.stderr)
-            return 2
-    for flag in ("run", "taming"):
-        path = getattr(args, flag)
-        if path is not None and not os.path.exists(path):
-            print(f"error: --{flag} run not found: {path!r}", file=sys.stderr)
-            return 2
+    missing = report_missing(args, [(flag, "file") for flag in ("image", "mask", "strokes", "sketch")],
+                             ("run", "taming"))
+    if missing is not None:
+        return missing
     import torch
 
     from ilat_ext import edit

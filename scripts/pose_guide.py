@@ -30,6 +30,9 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from _cli import report_missing  # noqa: E402
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -176,17 +179,11 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     sequence = _check_args(parser, args)
     # cheap checks first: a missing file answers before the model loads
-    for flag, what in (("image", "file"), ("ref_pose", "file"), ("ref_label", "label file"),
-                       ("target_pose", "file"), ("target_poses", "file"), ("target_label", "label file")):
-        path = getattr(args, flag)
-        if path is not None and not os.path.isfile(path):
-            print(f"error: --{flag} {what} not found: {path!r}", file=sys.stderr)
-            return 2
-    for flag in ("run", "baseline"):
-        path = getattr(args, flag)
-        if path is not None and not os.path.exists(path):
-            print(f"error: --{flag} run not found: {path!r}", file=sys.stderr)
-            return 2
+    missing = report_missing(args, (("image", "file"), ("ref_pose", "file"), ("ref_label", "label file"),
+                                    ("target_pose", "file"), ("target_poses", "file"), ("target_label", "label file")),
+                             ("run", "baseline"))
+    if missing is not None:
+        return missing
     import torch
 
     from ilat_ext import pose_guide as pg
