@@ -24,6 +24,6 @@ setup(
         "tqdm",
         "tensorboard",
     ],
-    extras_require={"test": ["pytest>=7", "scikit-image>=0.19"]}  # SSIM reference in tests,
+    extras_require={"test": ["pytest>=7", "scikit-image>=0.19"]},  # scikit-image: the SSIM reference in tests
     entry_points={"console_scripts": ["ilat-main=ilat_ext.main:main"]},
 )
