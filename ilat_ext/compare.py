@@ -93,8 +93,7 @@ def check_mode(model: Any, mode: str, where: str = "") -> str:
     attr = MODES[mode]
     if not callable(getattr(model, attr, None)):
         raise ValueError(f"{type(model).__name__}{where} has no {attr}(), needed for mode {mode!r}")
-    from ilat_ext.models import ILATTransformer
-    if mode == "edit" and isinstance(model, ILATTransformer) and getattr(model, "lm_rate", 0.0) < 1.0:
+    if mode == "edit" and not getattr(model, "trained_causal", True):
         raise ValueError(f"{type(model).__name__}{where} does not support mode 'edit' (sample_edit): an iLAT model is "
                          "trained with the LA mask; use mode 'local', and a Taming run (or a pose model with lm_rate 1) for Taming")
     return attr

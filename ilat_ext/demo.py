@@ -183,7 +183,6 @@ def run_face_demo(out: str = "demo", scale: float = 1.0, n_edit: int = 8, n_comp
     return rows
 
 
-@torch.no_grad()
 def run_pose_demo(out: str = "demo_poses", scale: float = 1.0, n_show: int = 6, n_compare: int = 16,
                   fresh: bool = False, train_overrides: Sequence[str] = (), log=print) -> List[dict]:
     """The toy pose chain (`pose_chain`), then on held-out stick-figure videos:
@@ -192,16 +191,24 @@ def run_pose_demo(out: str = "demo_poses", scale: float = 1.0, n_show: int = 6, 
     - `<out>/comparison/`: Taming, iLAT* and iLAT against the ground-truth target frames (PSNR /
       SSIM / MAE, PSNR outside the union mask against the reference: the kept background).
     Returns the comparison table's rows."""
+    start = time.perf_counter()
+    os.makedirs(out, exist_ok=True)
+    runs = train_chain(pose_chain(scale), os.path.join(out, "logs"), fresh=fresh, extra=train_overrides, log=log)
+    trained = time.perf_counter()
+    with torch.no_grad():
+        rows = _pose_outputs(runs, out, n_show, n_compare, log)
+    log(f"total {time.perf_counter() - start:.0f} s (training {trained - start:.0f} s)")
+    return rows
+
+
+def _pose_outputs(runs: Dict[str, str], out: str, n_show: int, n_compare: int, log) -> List[dict]:
+    """run_pose_demo's poses grid, sequence and comparison from the trained runs."""
     from ilat_ext.compare import compare, markdown_table, model_method
     from ilat_ext.data.toy_pose import ToyPoses
     from ilat_ext import pose_guide as pg
     from ilat_ext.edit import make_grid, to_uint8, write_rgb
     from ilat_ext.runs import load_run
 
-    start = time.perf_counter()
-    os.makedirs(out, exist_ok=True)
-    runs = train_chain(pose_chain(scale), os.path.join(out, "logs"), fresh=fresh, extra=train_overrides, log=log)
-    trained = time.perf_counter()
     models = {name: load_run(runs[f"pose_{name}"])[0] for name in ("ilat", "ilat_star", "taming")}
     test = ToyPoses(size=64, length=max(n_show, n_compare) * 8, split="test")
     # one pair from each of n_show different videos (items of one video are consecutive)
@@ -240,7 +247,6 @@ def run_pose_demo(out: str = "demo_poses", scale: float = 1.0, n_show: int = 6, 
                    verbose=False, progress=True, **keys)
     log(markdown_table(rows))
     log(f"comparison: {os.path.join(out, 'comparison')} (grid.png, metrics.md, metrics.csv)")
-    log(f"total {time.perf_counter() - start:.0f} s (training {trained - start:.0f} s)")
     return rows
 
 

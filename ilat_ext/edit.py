@@ -117,9 +117,10 @@ def sketch_style_of(config) -> str:
     return "release"
 
 
-def check_input_size(model: TamingTransformer, size: int) -> None:
+def check_input_size(model: TamingTransformer, size: int, exact: bool = False) -> None:
     """Raise ValueError unless `size` px images make sequences that fit the transformer; warn (print)
-    when they are shorter than its block_size, which usually means another training size."""
+    when they are shorter than its block_size, which usually means another training size. With
+    `exact` a shorter sequence is an error too (a pose model was trained at one size)."""
     f = model.first_stage_factor
     if size % f:
         raise ValueError(f"image size {size} is not a multiple of the first stage's downsampling factor {f}")
@@ -131,9 +132,9 @@ def check_input_size(model: TamingTransformer, size: int) -> None:
         _, c_idx = model.encode_to_c(torch.zeros(1, channels, size, size, device=model.device))
     need = model.sequence_positions(c_idx.shape[1], (size // f) ** 2)
     block = int(model.transformer.get_block_size())
-    if need > block:
+    if need > block or (exact and need != block):
         raise ValueError(f"{size}-px images need {need} transformer positions, the model's block_size is {block}: "
-                         "pass the run's training size (--size)")
+                         "the run was trained at another image size (pass its training size)")
     if need < block:
         print(f"Note: {size}-px images use {need} of the transformer's {block} positions; the run was probably "
               "trained at another size")

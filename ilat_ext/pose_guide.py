@@ -37,7 +37,7 @@ from ilat_ext.data.pose import (
     JOINT_NAMES, NUM_JOINTS, RESIZE_MODES, check_pose, clean_pose, draw_skeleton_overlay, load_pose_json,
     pose_from_list, resize_image,
 )
-from ilat_ext.edit import _training_datasets, model_input_size, read_image_rgb, to_uint8
+from ilat_ext.edit import _training_datasets, check_input_size, model_input_size, read_image_rgb, to_uint8
 
 PoseSource = Union[str, os.PathLike, Tuple[Union[str, os.PathLike], int]]
 
@@ -66,23 +66,6 @@ def resize_mode_of(config) -> str:
     return "stretch"
 
 
-def check_pose_input_size(model, size: int) -> None:
-    """Raise ValueError unless `size` px images make sequences of exactly the transformer's
-    block_size: [c_s, N condition tokens, 13 pose features, z_s, L - 1 grid tokens] (a pose model
-    was trained at one size; its learned position embeddings do not carry over to another)."""
-    f = model.first_stage_factor
-    if size % f:
-        raise ValueError(f"image size {size} is not a multiple of the first stage's downsampling factor {f}")
-    with torch.no_grad():
-        _, c_idx = model.encode_to_c(torch.zeros(1, 3, size, size, device=model.device))
-        emb, prefix, _ = model.sequence_inputs(c_idx, model.pose_features(torch.zeros(1, NUM_JOINTS, 3)))
-    need = sum(0 if t is None else t.shape[1] for t in (emb, prefix)) + (size // f) ** 2 - 1
-    block = int(model.transformer.get_block_size())
-    if need != block:
-        raise ValueError(f"{size}-px images need {need} transformer positions, the model's block_size is {block}: "
-                         "the run was trained at another image size")
-
-
 def load_pose_model(run: str, device: str = "cpu", baseline: bool = False) -> PoseRun:
     """Load `logs/<run>` (or a checkpoint in it) for pose-guided synthesis.
 
@@ -100,12 +83,12 @@ def load_pose_model(run: str, device: str = "cpu", baseline: bool = False) -> Po
     if not isinstance(model, PoseILATTransformer):
         raise ValueError(f"run {run!r} holds a {target}, not a PoseILATTransformer: pose-guided synthesis needs a "
                          "pose run (configs/toy/ilat_pose.yaml, configs/toy/taming_pose.yaml)")
-    if baseline and model.lm_rate < 1.0:
+    if baseline and not model.trained_causal:
         raise ValueError(f"baseline run {run!r} was trained with lm_rate {model.lm_rate}: the Taming baseline must be "
                          "a vanilla-AR pose run with lm_rate 1.0 (configs/toy/taming_pose.yaml)")
     model.to(device)
     size = model_input_size(model, config)
-    check_pose_input_size(model, size)
+    check_input_size(model, size, exact=True)
     return PoseRun(model, size, resize_mode_of(config), config, run)
 
 

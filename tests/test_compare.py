@@ -10,11 +10,10 @@ import pytest
 import torch
 from PIL import Image
 
-from ilat_ext import main as cli
 from ilat_ext.compare import Method, batch_inputs, compare, load_run_methods, parse_run_spec
 from ilat_ext.data import ToyFaces
 from tests.helpers import REPO
-from tests.test_ilat_chain import SMALL, _stage_ckpts
+from tests.test_ilat_chain import train_toy_transformers
 
 SCRIPT = os.path.join(REPO, "scripts", "compare.py")
 
@@ -39,22 +38,7 @@ class EditedMaskFaces(ToyFaces):
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     """One-step toy iLAT and Taming runs (untrained stages) in real log folders."""
-    tmp = tmp_path_factory.mktemp("compare_runs")
-    paths = _stage_ckpts(tmp)
-    cwd = os.getcwd()
-    os.chdir(tmp)
-    try:
-        out = {}
-        for name in ("ilat", "taming"):
-            cli.main(["-l", str(tmp / name), "--base", os.path.join(REPO, "configs", "toy", f"{name}.yaml"),
-                      "-t", "--max_steps", "1", "lightning.trainer.limit_val_batches=0",
-                      "lightning.callbacks.image_logger.params.log_on_train_end=false",
-                      f"model.params.first_stage_config.params.ckpt_path={paths['first_stage_config']}",
-                      f"model.params.cond_stage_config.params.ckpt_path={paths['cond_stage_config']}"] + SMALL)
-            out[name] = glob.glob(str(tmp / name / "*"))[0]
-    finally:
-        os.chdir(cwd)
-    return out
+    return train_toy_transformers(tmp_path_factory.mktemp("compare_runs"), ["lightning.trainer.limit_val_batches=0"])
 
 
 def _names_searched_files(note):

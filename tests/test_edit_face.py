@@ -1,5 +1,4 @@
 """scripts/edit_face.py and ilat_ext.edit on tiny toy iLAT and Taming runs trained once for the module."""
-import glob
 import os
 import runpy
 
@@ -10,13 +9,12 @@ import torch
 from omegaconf import OmegaConf
 
 from ilat_ext import edit
-from ilat_ext import main as cli
 from ilat_ext.data import ToyFaces
 from ilat_ext.data.folder import read_rgb
 from ilat_ext.masks import latent_mask
 from ilat_ext.util import instantiate_from_config
 from tests.helpers import REPO
-from tests.test_ilat_chain import SMALL, _stage_ckpts
+from tests.test_ilat_chain import train_toy_transformers
 
 SCRIPT = os.path.join(REPO, "scripts", "edit_face.py")
 H, W = 80, 96  # a non-square source: the model sees its centre 80x80 square, resized to 64
@@ -26,19 +24,7 @@ H, W = 80, 96  # a non-square source: the model sees its centre 80x80 square, re
 def runs(tmp_path_factory):
     """{"ilat": run dir, "taming": run dir, "vqgan": a run of a first-stage model}, one training step each."""
     tmp = tmp_path_factory.mktemp("edit_runs")
-    paths = _stage_ckpts(tmp)
-    cwd = os.getcwd()
-    os.chdir(tmp)
-    try:
-        for name in ("ilat", "taming"):
-            config = os.path.join(REPO, "configs", "toy", f"{name}.yaml")
-            cli.main(["-l", str(tmp / "logs"), "-n", name, "--base", config, "-t", "--max_steps", "1",
-                      "lightning.callbacks.image_logger.params.log_on_train_end=false",
-                      f"model.params.first_stage_config.params.ckpt_path={paths['first_stage_config']}",
-                      f"model.params.cond_stage_config.params.ckpt_path={paths['cond_stage_config']}"] + SMALL)
-    finally:
-        os.chdir(cwd)
-    out = {name: glob.glob(str(tmp / "logs" / f"*_{name}"))[0] for name in ("ilat", "taming")}
+    out = train_toy_transformers(tmp)
     # a run whose model is a VQGAN, not a transformer
     cfg = OmegaConf.load(os.path.join(REPO, "configs", "toy", "ilat.yaml")).model.params.cond_stage_config
     cfg.params.ckpt_path = None

@@ -36,6 +36,24 @@ def _stage_ckpts(tmp_path):
     return paths
 
 
+def train_toy_transformers(tmp, extra=()):
+    """One-step toy iLAT and Taming runs (untrained stages, small transformers) under tmp/logs:
+    {"ilat": run dir, "taming": run dir}. Shared by the tests of the scripts that load runs."""
+    paths = _stage_ckpts(tmp)
+    cwd = os.getcwd()
+    os.chdir(tmp)
+    try:
+        for name in ("ilat", "taming"):
+            cli.main(["-l", str(tmp / "logs"), "-n", name, "--base", os.path.join(REPO, "configs", "toy", f"{name}.yaml"),
+                      "-t", "--max_steps", "1", "lightning.callbacks.image_logger.params.log_on_train_end=false",
+                      f"model.params.first_stage_config.params.ckpt_path={paths['first_stage_config']}",
+                      f"model.params.cond_stage_config.params.ckpt_path={paths['cond_stage_config']}",
+                      *extra] + SMALL)
+    finally:
+        os.chdir(cwd)
+    return {name: glob.glob(str(tmp / "logs" / f"*_{name}"))[0] for name in ("ilat", "taming")}
+
+
 @pytest.mark.parametrize("name, cls", [("ilat", ILATTransformer), ("taming", TamingTransformer)])
 def test_toy_transformer_configs_train_through_main_and_edit(tmp_path, monkeypatch, name, cls):
     """Both toy configs train through main.py from stage checkpoints (which load with their GAN loss

@@ -349,6 +349,12 @@ class TamingTransformer(CheckpointMixin, _UpstreamNet2Net):
         return self._edit(x, mask, c, extra, "local", greedy, temperature, top_k, seed, generator, use_cache,
                           progress, return_logits)
 
+    @property
+    def trained_causal(self) -> bool:
+        """Whether the transformer was trained with plain causal attention, so that Taming's edit
+        (`sample_edit`) is the model's own sampling. Always true for the Taming baseline."""
+        return True
+
     def sample_edit(self, x: torch.Tensor, mask: torch.Tensor, c: Optional[torch.Tensor] = None,
                     extra: Optional[torch.Tensor] = None, *, greedy: bool = True, temperature: float = 1.0,
                     top_k: Optional[int] = None, seed: Optional[int] = None,

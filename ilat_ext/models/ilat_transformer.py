@@ -175,9 +175,18 @@ class ILATTransformer(TamingTransformer):
         return (nll * weight.reshape(-1)).sum() / weight.sum().clamp(min=1.0)
 
     # ------------------------------------------------------------------ editing
+    @property
+    def trained_causal(self) -> bool:
+        """Only an lm_rate-1 model (every row trained as a plain causal LM: a vanilla-AR baseline in
+        this sequence layout, e.g. the pose task's Taming) was trained for Taming's causal edit."""
+        return self.lm_rate >= 1.0
+
     def sample_edit(self, *args, **kwargs):
-        raise NotImplementedError("an iLAT model is trained with the LA mask only; its causal-mask edit is not a "
-                                  "baseline. Use a TamingTransformer's sample_edit for Taming.")
+        if not self.trained_causal:
+            raise NotImplementedError(f"this model was trained with the LA mask (lm_rate {self.lm_rate}); its "
+                                      "causal-mask edit is not a baseline. Use a Taming run's sample_edit, or a "
+                                      "model trained with lm_rate 1.0 (the vanilla-AR baseline)")
+        return super().sample_edit(*args, **kwargs)
 
     def _log_edits(self, x, mask, c):
         log = {"ilat": self.sample_local(x, mask, c).image}

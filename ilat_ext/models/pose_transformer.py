@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from ilat_ext.data.pose import NUM_JOINTS, check_pose, normalise_pose, pair_mask
-from ilat_ext.models.cond_transformer import EditResult, TamingTransformer
+from ilat_ext.models.cond_transformer import EditResult
 from ilat_ext.models.ilat_transformer import ILATTransformer
 from ilat_ext.modules.pointmlp import PointMLP
 
@@ -121,13 +121,6 @@ class PoseILATTransformer(ILATTransformer):
         edit = self.sample_local if mode == "local" else self.sample_edit
         return edit(reference, mask, reference, extra, **sampling)
 
-    def sample_edit(self, x, mask, c=None, extra=None, **kwargs) -> EditResult:
-        """Taming's edit; only for the vanilla-AR baseline (trained with lm_rate 1: causal attention only)."""
-        if self.lm_rate < 1.0:
-            raise NotImplementedError(f"this model was trained with the LA mask (lm_rate {self.lm_rate}); Taming's "
-                                      "causal edit needs the vanilla-AR baseline (lm_rate: 1.0)")
-        return TamingTransformer.sample_edit(self, x, mask, c, extra, **kwargs)
-
     # ------------------------------------------------------------------ logging
     @torch.no_grad()
     def log_images(self, batch, N: int = 4, **kwargs):
@@ -137,8 +130,8 @@ class PoseILATTransformer(ILATTransformer):
         inputs = self.edit_inputs(batch)
         log = {"reference": inputs["x"], "mask": inputs["mask"] * 2 - 1,
                "target": self.get_input(self.first_stage_key, batch).to(self.device)}
-        log["ilat" if self.lm_rate < 1.0 else "taming"] = (
-            self.sample_local(**inputs) if self.lm_rate < 1.0 else self.sample_edit(**inputs)).image
+        log["taming" if self.trained_causal else "ilat"] = (
+            self.sample_edit(**inputs) if self.trained_causal else self.sample_local(**inputs)).image
         if self._baseline:
             log["taming_star"] = self._baseline[0].to(self.device).sample_local(**inputs).image
         return log
