@@ -50,7 +50,7 @@ def face_chain(scale: float = 1.0) -> List[Stage]:
              "model.params.cond_stage_config.params.ckpt_path={sketch}"
     return [
         Stage("sketch", os.path.join(TOY, "sketch_vqgan.yaml"), s(200)),
-        Stage("ts1", os.path.join(TOY, "tsvqgan_face.yaml"), s(200), ("model.params.use_masks=false",)),
+        Stage("ts1", os.path.join(TOY, "tsvqgan_face.yaml"), s(250), ("model.params.use_masks=false",)),
         Stage("ts2", os.path.join(TOY, "tsvqgan_face.yaml"), s(150), ("model.params.ckpt_path={ts1}",)),
         Stage("ilat", os.path.join(TOY, "ilat.yaml"), s(350), stages),
         Stage("taming", os.path.join(TOY, "taming.yaml"), s(350), stages),
@@ -125,38 +125,67 @@ def mouth_mask(size: int) -> np.ndarray:
 def new_stroke_batch(n: int, size: int = 64, seed: int = 0):
     """Held-out faces (ToyFaces test split) with the mouth region masked and another test face's
     sketch as the strokes inside it. -> x (n, 3, H, W) in [-1, 1], mask (n, 1, H, W), sketch
-    (n, 1, H, W) in [-1, 1] (+1 paper)."""
+    (n, 1, H, W) in [-1, 1] (+1 paper), and each face's own sketch (n, 1, H, W), for comparison."""
     from ilat_ext.data import ToyFaces
     from ilat_ext.data.sketch import compose_edit_sketch, sketch_to_tensor_layout
 
     faces = ToyFaces(size=size, length=2 * n, split="test", seed=seed, mask=False, sketch=False)
     mask = mouth_mask(size)
-    xs, sketches = [], []
+    xs, sketches, own = [], [], []
     for i in range(n):
         face = faces.face(i)
         donor = faces.sketch_of(n + i)                    # a different face's strokes
         sketch = compose_edit_sketch(face, mask, donor, original_sketch=faces.sketch_of(i))
         xs.append(face.astype(np.float32) / 127.5 - 1.0)
         sketches.append(sketch_to_tensor_layout(sketch))
-    x = torch.from_numpy(np.stack(xs)).permute(0, 3, 1, 2)
-    sketch = torch.from_numpy(np.stack(sketches)).permute(0, 3, 1, 2)
+        own.append(sketch_to_tensor_layout(faces.sketch_of(i)))
+    to_nchw = lambda arrays: torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2)  # noqa: E731
     m = torch.from_numpy(mask)[None, None].expand(n, 1, size, size).contiguous()
-    return x, m, sketch
+    return to_nchw(xs), m, to_nchw(sketches), to_nchw(own)
+
+
+def stroke_table(columns: Dict[str, torch.Tensor], mask: torch.Tensor, new: torch.Tensor,
+                 own: torch.Tensor) -> List[dict]:
+    """Does each column follow the new strokes? Per column (the input first, as the reference of an
+    image that ignores them): mean `stroke_distance` inside the mask to the new strokes and to the
+    face's own strokes, and the share of images closer to the new ones."""
+    from ilat_ext.metrics import stroke_distance
+
+    rows = []
+    for name, images in columns.items():
+        to_new, to_own = stroke_distance(images, new, mask), stroke_distance(images, own, mask)
+        rows.append({"method": name, "to_new_strokes": float(to_new.mean()), "to_own_strokes": float(to_own.mean()),
+                     "closer_to_new": float((to_new < to_own).float().mean())})
+    return rows
+
+
+def stroke_markdown(rows: Sequence[dict]) -> str:
+    lines = ["| | sketch distance to the new strokes | to the face's own strokes | images closer to the new |",
+             "|---|---|---|---|"]
+    lines += [f"| {r['method']} | {r['to_new_strokes']:.3f} | {r['to_own_strokes']:.3f} | {r['closer_to_new']:.0%} |"
+              for r in rows]
+    return "\n".join(lines)
 
 
 @torch.no_grad()
 def edit_with_new_strokes(models: Dict[str, object], n: int, out_path: str, size: int = 64, seed: int = 0):
-    """The new-strokes grid input | mask | sketch | Taming | Taming* | iLAT; returns the columns."""
+    """The new-strokes grid input | mask | sketch | Taming | Taming* | iLAT, and how closely each
+    edit follows the new strokes (`stroke_table`, also written next to the grid as .md).
+    Returns (columns, stroke rows)."""
     from ilat_ext.edit import make_grid
 
-    x, mask, sketch = new_stroke_batch(n, size, seed)
+    x, mask, sketch, own = new_stroke_batch(n, size, seed)
     taming, ilat = models["taming"], models["ilat"]
     columns = {"input": x, "mask": mask * 2 - 1, "sketch": sketch,
                "Taming": taming.sample_edit(x, mask, sketch).image,
                "Taming*": taming.sample_local(x, mask, sketch).image,
                "iLAT": ilat.sample_local(x, mask, sketch).image}
     make_grid(columns, out_path)
-    return columns
+    rows = stroke_table({k: columns[k] for k in ("input", "Taming", "Taming*", "iLAT")}, mask, sketch, own)
+    with open(os.path.splitext(out_path)[0] + ".md", "w") as f:
+        f.write("New-strokes edits: XDoG of each output against the strokes inside the mask "
+                "(MAE on [0, 1]; lower is closer)\n\n" + stroke_markdown(rows) + "\n")
+    return columns, rows
 
 
 def run_face_demo(out: str = "demo", scale: float = 1.0, n_edit: int = 8, n_compare: int = 16, fresh: bool = False,
@@ -171,8 +200,9 @@ def run_face_demo(out: str = "demo", scale: float = 1.0, n_edit: int = 8, n_comp
     trained = time.perf_counter()
     models = {name: load_run(runs[name])[0] for name in ("ilat", "taming")}
     edits = os.path.join(out, "edits.png")
-    edit_with_new_strokes(models, n_edit, edits)
+    _, strokes = edit_with_new_strokes(models, n_edit, edits)
     log(f"new-strokes edits: {edits} (input | mask | sketch | Taming | Taming* | iLAT)")
+    log(stroke_markdown(strokes))
     methods = [model_method("Taming", models["taming"], "edit"), model_method("Taming*", models["taming"], "local"),
                model_method("iLAT", models["ilat"], "local")]
     rows = compare(methods, build_dataset("toy_faces", n=n_compare, size=64, seed=0), os.path.join(out, "comparison"),

@@ -16,7 +16,7 @@ def test_face_demo_writes_edits_and_table(tmp_path):
     assert [r["method"] for r in rows] == ["Taming", "Taming*", "iLAT"]
     for r in rows:
         assert r["n"] == 2 and r["sec_per_image"] > 0
-    for path in ("edits.png", "comparison/grid.png", "comparison/metrics.md", "comparison/metrics.csv"):
+    for path in ("edits.png", "edits.md", "comparison/grid.png", "comparison/metrics.md", "comparison/metrics.csv"):
         assert os.path.isfile(os.path.join(out, path)), path
     width, height = Image.open(os.path.join(out, "edits.png")).size
     assert width > 6 * 64 and height > 2 * 64                # 6 columns, 2 faces
@@ -30,7 +30,7 @@ def test_face_demo_writes_edits_and_table(tmp_path):
 
 
 def test_new_stroke_batch_puts_other_strokes_in_the_mask():
-    x, mask, sketch = demo.new_stroke_batch(3, 64)
+    x, mask, sketch, own_sketch = demo.new_stroke_batch(3, 64)
     own = demo.new_stroke_batch(3, 64)[2]
     assert x.shape == (3, 3, 64, 64) and mask.shape == (3, 1, 64, 64) and sketch.shape == (3, 1, 64, 64)
     assert 0.05 < float(mask.mean()) < 0.3
@@ -45,6 +45,7 @@ def test_new_stroke_batch_puts_other_strokes_in_the_mask():
         assert torch.equal(sketch[i][~inside], original[~inside])   # the face's own sketch outside
         assert torch.equal(sketch[i][inside], donor[inside])        # another face's strokes inside
         assert not torch.equal(original[inside], donor[inside])
+        assert torch.equal(own_sketch[i], original)
     assert torch.equal(own, sketch)                                  # deterministic
 
 
@@ -57,3 +58,23 @@ def test_pose_demo_writes_poses_sequence_and_table(tmp_path):
                  "comparison/metrics.md"):
         assert os.path.isfile(os.path.join(out, path)), path
     assert any("PSNR outside the masks" in line for line in lines)
+
+
+def test_stroke_table_tells_a_face_that_follows_the_strokes_from_one_that_does_not():
+    """The stroke metric on known answers: the unedited faces are close to their own strokes and
+    far from the new ones; the donor faces (whose strokes were put in the mask) the other way round."""
+    import numpy as np
+    import torch
+    from ilat_ext.data import ToyFaces
+
+    n = 6
+    x, mask, sketch, own = demo.new_stroke_batch(n, 64)
+    faces = ToyFaces(size=64, length=2 * n, split="test", mask=False, sketch=False)
+    donors = torch.from_numpy(np.stack([faces.face(n + i) for i in range(n)]).astype(np.float32) / 127.5 - 1)
+    rows = {r["method"]: r for r in demo.stroke_table({"input": x, "donor": donors.permute(0, 3, 1, 2)},
+                                                      mask, sketch, own)}
+    assert rows["input"]["to_own_strokes"] < 0.5 * rows["input"]["to_new_strokes"]
+    assert rows["input"]["closer_to_new"] == 0.0
+    assert rows["donor"]["to_new_strokes"] < 0.5 * rows["donor"]["to_own_strokes"]
+    assert rows["donor"]["closer_to_new"] == 1.0
+    assert "| donor |" in demo.stroke_markdown(list(rows.values()))

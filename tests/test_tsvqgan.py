@@ -164,3 +164,31 @@ def test_paper_presets():
     assert sketch_params < autoencoder  # "fewer parameters" than the image model
     with pytest.raises(Exception, match="ckpt_path"):
         instantiate_from_config(OmegaConf.load(os.path.join(REPO, "configs", "tsvqgan_ffhq_stage2.yaml")).model)
+
+
+def test_norm_groups_preset_and_vqmodel_builds_the_same_preset():
+    """norm_groups sets the GroupNorms of both halves (same keys as upstream); a VQModel given the
+    preset (iLAT*: the TS-VQGAN's weights without two-stream convolutions) builds it instead of
+    ignoring it, loads the TS-VQGAN's weights with no missing or unexpected keys and encodes like
+    the TS-VQGAN with an empty mask; a group count that does not divide the channels is refused."""
+    preset = dict(tiny_ddconfig(ch_mult=(1, 2, 2), attn=()), norm_groups=4, mid_attn=False)
+    ts = _model(preset).eval()
+    norms = [m for m in list(ts.encoder.modules()) + list(ts.decoder.modules()) if isinstance(m, torch.nn.GroupNorm)]
+    assert norms and all(m.num_groups == 4 for m in norms)
+    assert set(ts.state_dict()) == set(_model(tiny_ddconfig(ch_mult=(1, 2, 2), attn=())).state_dict()) - {
+        k for k in _model(tiny_ddconfig(ch_mult=(1, 2, 2), attn=())).state_dict() if ".mid.attn_1." in k}
+    plain = VQModel(preset, tiny_vq_lossconfig(), n_embed=32, embed_dim=8).eval()
+    assert all(m.num_groups == 4 for m in plain.encoder.modules() if isinstance(m, torch.nn.GroupNorm))
+    assert not hasattr(plain.encoder.mid.attn_1, "q")                   # no mid attention built
+    missing, unexpected = plain.load_state_dict(ts.state_dict(), strict=False)
+    assert missing == [] and unexpected == []
+    instance = VQModel(INSTANCE_NO_ATTN, tiny_vq_lossconfig(), n_embed=32, embed_dim=8)
+    assert all(m.num_groups == m.num_channels for m in instance.encoder.modules() if isinstance(m, torch.nn.GroupNorm))
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    with torch.no_grad():
+        torch.testing.assert_close(plain.encode_features(x), ts.encode_features(x, torch.zeros(2, 1, 32, 32)),
+                                   rtol=0, atol=1e-5)
+    with pytest.raises(ValueError, match="norm_groups"):
+        _model(dict(preset, norm_groups=5))
+    with pytest.raises(TypeError, match="norm_group"):
+        VQModel(dict(preset, norm_group=4), tiny_vq_lossconfig(), n_embed=32, embed_dim=8)

@@ -8,6 +8,7 @@ from torch.utils.data import DataLoader
 
 from ilat_ext.data import ToyFaces
 from ilat_ext.models import VQModel
+from ilat_ext.models.vqgan import kmeans
 from tests.helpers import IMAGENET_F16, public_imagenet_checkpoint, tiny_ddconfig, tiny_vq_lossconfig
 
 
@@ -130,4 +131,66 @@ def test_codebook_init_from_data(tmp_path):
     torch.save({"state_dict": trained.state_dict()}, path)
     assert not _tiny(codebook_init="data", ckpt_path=str(path))._codebook_pending     # weights from a checkpoint
     with pytest.raises(ValueError, match="codebook_init"):
-        _tiny(codebook_init="kmeans")
+        _tiny(codebook_init="random")
+
+
+def test_kmeans_finds_separated_clusters_and_restarts_empty_centres():
+    """Lloyd's k-means on three well-separated blobs recovers their means; with more centres than
+    distinct points every centre still ends on a point (empty clusters restart, no NaN)."""
+    g = torch.Generator().manual_seed(0)
+    means = torch.tensor([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0]])
+    points = torch.cat([m + 0.1 * torch.randn(50, 2, generator=g) for m in means])
+    centres = kmeans(points, 3, generator=torch.Generator().manual_seed(1))
+    nearest = torch.cdist(means, centres).min(1).values
+    assert (nearest < 0.1).all()
+    few = torch.tensor([[1.0, 1.0], [2.0, 2.0]])
+    many = kmeans(few, 5, generator=torch.Generator().manual_seed(0))
+    assert torch.isfinite(many).all() and (torch.cdist(many, few).min(1).values < 1e-6).all()
+    with pytest.raises(ValueError, match="points"):
+        kmeans(torch.zeros(0, 2), 3)
+
+
+class CodebookProbe(Callback):
+    """The codebook and whether the quantiser was warming up, before every training batch."""
+
+    def __init__(self):
+        self.codebooks, self.warming = [], []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.codebooks.append(pl_module.quantize.embedding.weight.detach().clone())
+        self.warming.append(pl_module.quantizer_warming_up())
+
+
+def test_quantizer_warmup_then_kmeans_codebook(tmp_path):
+    """quant_warmup_steps=3: steps 0-2 train a plain autoencoder (the codebook is not touched and
+    gets no gradient), the end of step 2 sets the codebook to the k-means centres of the warm-up's
+    encoder outputs (every code near some output) and steps 3-4 quantise; a model loaded from a
+    checkpoint skips both; bad settings are refused."""
+    model = _tiny(codebook_init="kmeans", quant_warmup_steps=3)
+    init = model.quantize.embedding.weight.detach().clone()
+    probe = CodebookProbe()
+    data = DataLoader(ToyFaces(size=32, length=64, mask=False), batch_size=2)
+    trainer = pl.Trainer(max_steps=5, accelerator="cpu", logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, callbacks=[probe])
+    trainer.fit(model, data)
+    assert probe.warming == [True, True, True, False, False]
+    assert all(torch.equal(c, init) for c in probe.codebooks[:3])       # untouched through the warm-up
+    assert not torch.equal(probe.codebooks[3], init)                      # set when the warm-up ends
+    assert not torch.equal(probe.codebooks[4], probe.codebooks[3])        # then trained
+    assert not model._codebook_pending and model._feature_buffer == []
+    x = torch.stack([torch.from_numpy(ToyFaces(size=32, length=8, mask=False)[i]["image"]).permute(2, 0, 1)
+                     for i in range(8)])
+    with torch.no_grad():
+        z = model.encode_features(x).permute(0, 2, 3, 1).reshape(-1, 8)
+        used = model.quantize(model.encode_features(x))[2][2].unique().numel()
+    assert used > 8                                              # the codes spread over the outputs
+    assert torch.cdist(model.quantize.embedding.weight, z).min(1).values.median() < z.std() * 8 ** 0.5
+
+    path = tmp_path / "vq.ckpt"
+    torch.save({"state_dict": model.state_dict()}, path)
+    loaded = _tiny(codebook_init="kmeans", quant_warmup_steps=3, ckpt_path=str(path))
+    assert not loaded._codebook_pending and not loaded.quantizer_warming_up()
+    with pytest.raises(ValueError, match="codebook_init: kmeans"):
+        _tiny(codebook_init="data", quant_warmup_steps=3)
+    with pytest.raises(ValueError, match="quant_warmup_steps"):
+        _tiny(codebook_init="kmeans", quant_warmup_steps=-1)

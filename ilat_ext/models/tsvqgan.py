@@ -26,8 +26,8 @@ from ilat_ext.modules.encoder import Decoder, TSEncoder
 class TSVQModel(VQModel):
     """Upstream VQModel's constructor plus `mask_key`, `use_masks` and VQModel's extras.
 
-    `ddconfig` may also hold `norm_type` ("group" | "instance") and `mid_attn` (bool): the face
-    preset uses InstanceNorm and no attention anywhere.
+    `ddconfig` may also hold `norm_type` ("group" | "instance"), `norm_groups` (int, default 32)
+    and `mid_attn` (bool): the face preset uses InstanceNorm and no attention anywhere.
 
     encode(x (B, C, H, W), mask=None (B, 1, H, W), 1 = region to edit)
         -> (quant (B, embed_dim, h, w), codebook loss, (perplexity, one_hot, indices (B*h*w, 1)))
@@ -42,11 +42,13 @@ class TSVQModel(VQModel):
                  ignore_keys: Sequence[str] = (), image_key: str = "image", mask_key: str = "mask",
                  use_masks: bool = False, colorize_nlabels: Optional[int] = None, monitor: Optional[str] = None,
                  learning_rate: Optional[float] = None, adam_betas: Tuple[float, float] = (0.5, 0.9),
-                 lr_decay_every: Optional[int] = None, lr_decay_factor: float = 0.5, codebook_init: str = "uniform"):
+                 lr_decay_every: Optional[int] = None, lr_decay_factor: float = 0.5, codebook_init: str = "uniform",
+                 quant_warmup_steps: int = 0):
         super().__init__(ddconfig, lossconfig, n_embed, embed_dim, ckpt_path=ckpt_path, ignore_keys=ignore_keys,
                          image_key=image_key, colorize_nlabels=colorize_nlabels, monitor=monitor,
                          learning_rate=learning_rate, adam_betas=adam_betas, lr_decay_every=lr_decay_every,
-                         lr_decay_factor=lr_decay_factor, codebook_init=codebook_init)
+                         lr_decay_factor=lr_decay_factor, codebook_init=codebook_init,
+                         quant_warmup_steps=quant_warmup_steps)
         self.mask_key = mask_key
         self.use_masks = bool(use_masks)
         self.downsample_factor = 2 ** (len(ddconfig["ch_mult"]) - 1)
@@ -83,9 +85,12 @@ class TSVQModel(VQModel):
         mask = self.get_input(batch, self.mask_key)
         return check_pixel_mask(mask, x)
 
-    def reconstruct_batch(self, batch):
+    def reconstruct_batch(self, batch, quantize: bool = True):
         x = self.get_input(batch, self.image_key)
-        xrec, qloss = self(x, self.get_mask(batch, x))
+        mask = self.get_mask(batch, x)
+        if not quantize:  # the quantiser's warm-up: continuous features everywhere
+            return x, self.decode(self._warmup_features(self.encode_features(x, mask))), x.new_zeros(())
+        xrec, qloss = self(x, mask)
         return x, xrec, qloss
 
     @torch.no_grad()

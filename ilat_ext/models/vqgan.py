@@ -9,21 +9,56 @@ names are upstream's, so public checkpoints load unchanged. What differs, and wh
   because Lightning refuses it for manual optimisation.
 - `learning_rate` can be passed in; main.py still sets it from `base_learning_rate` as upstream.
 - Optional step decay of the learning rate (`lr_decay_every`, `lr_decay_factor`).
+- Optional codebook initialisation from data (`codebook_init`: "data" or "kmeans") and a
+  quantiser warm-up (`quant_warmup_steps`): a plain autoencoder for the first steps, then the
+  codebook = k-means of its encoder outputs. Small models trained for minutes (the toy configs)
+  need both; see `init_codebook_from`.
+- The encoder is `ilat_ext.modules.encoder.Encoder`: upstream's, plus the presets (`norm_type`,
+  `norm_groups`, `mid_attn`) that upstream's silently ignores.
 - `init_from_ckpt` goes through the safe loader and reports missing/unexpected keys.
 - The encoder and decoder classes are class attributes (`encoder_cls`, `decoder_cls`), so
   subclasses such as TSVQModel swap them without building upstream's first.
 """
-from typing import Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import pytorch_lightning as pl
 import torch
 import ilat_ext.compat  # noqa: F401  (makes taming.models importable on Lightning 2)
 from taming.models.vqgan import VQModel as _UpstreamVQModel
-from taming.modules.diffusionmodules.model import Decoder, Encoder
 from taming.modules.vqvae.quantize import VectorQuantizer
 
 from ilat_ext.models.base import CheckpointMixin
+from ilat_ext.modules.encoder import Decoder, Encoder
 from ilat_ext.util import instantiate_from_config
+
+
+CODEBOOK_INITS = ("uniform", "data", "kmeans")
+# Warm-up batches whose encoder outputs the k-means codebook is fitted to.
+KMEANS_BATCHES = 8
+
+
+def kmeans(points: torch.Tensor, k: int, iters: int = 20, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """Lloyd's k-means: (N, D) points -> (k, D) centres, started from k distinct random points
+    (with replacement when N < k). A centre that loses all its points restarts at a random point.
+
+    Example::
+
+        >>> pts = torch.tensor([[0.0], [0.1], [10.0], [10.2]])
+        >>> kmeans(pts, 2, generator=torch.Generator().manual_seed(0)).sort(0).values.squeeze(1).tolist()
+        [0.05000000074505806, 10.100000381469727]
+    """
+    if points.dim() != 2 or points.shape[0] == 0:
+        raise ValueError(f"kmeans expects (N, D) points with N >= 1, got {tuple(points.shape)}")
+    n = points.shape[0]
+    pick = torch.randperm(n, generator=generator)[:k] if n >= k else torch.randint(n, (k,), generator=generator)
+    centres = points[pick.to(points.device)].clone()
+    for _ in range(iters):
+        assign = torch.cdist(points, centres).argmin(1)
+        sums = torch.zeros_like(centres).index_add_(0, assign, points)
+        counts = torch.bincount(assign, minlength=k)
+        restart = points[torch.randint(n, (k,), generator=generator).to(points.device)]
+        centres = torch.where(counts[:, None] > 0, sums / counts.clamp(min=1)[:, None].to(sums), restart)
+    return centres
 
 
 class VQModel(CheckpointMixin, _UpstreamVQModel):
@@ -43,7 +78,7 @@ class VQModel(CheckpointMixin, _UpstreamVQModel):
                  ignore_keys: Sequence[str] = (), image_key: str = "image", colorize_nlabels: Optional[int] = None,
                  monitor: Optional[str] = None, learning_rate: Optional[float] = None,
                  adam_betas: Tuple[float, float] = (0.5, 0.9), lr_decay_every: Optional[int] = None,
-                 lr_decay_factor: float = 0.5, codebook_init: str = "uniform"):
+                 lr_decay_factor: float = 0.5, codebook_init: str = "uniform", quant_warmup_steps: int = 0):
         # Upstream's __init__, with the encoder/decoder classes as hooks (so subclasses do not
         # build modules only to throw them away) and without its checkpoint loading.
         pl.LightningModule.__init__(self)
@@ -67,38 +102,62 @@ class VQModel(CheckpointMixin, _UpstreamVQModel):
         self.lr_decay_every = lr_decay_every
         self.lr_decay_factor = float(lr_decay_factor)
         self.accumulate_grad_batches = 1
-        if codebook_init not in ("uniform", "data"):
-            raise ValueError(f"codebook_init must be 'uniform' (upstream) or 'data', got {codebook_init!r}")
+        if codebook_init not in CODEBOOK_INITS:
+            raise ValueError(f"codebook_init must be one of {CODEBOOK_INITS} ('uniform' is upstream's), "
+                             f"got {codebook_init!r}")
+        if isinstance(quant_warmup_steps, bool) or not isinstance(quant_warmup_steps, int) or quant_warmup_steps < 0:
+            raise ValueError(f"quant_warmup_steps must be a non-negative integer, got {quant_warmup_steps!r}")
+        if quant_warmup_steps and codebook_init != "kmeans":
+            raise ValueError(f"quant_warmup_steps={quant_warmup_steps} needs codebook_init: kmeans (the codebook is "
+                             f"set from the warmed-up encoder's outputs), got codebook_init={codebook_init!r}")
         self.codebook_init = codebook_init
-        # "data": set the codebook from the first training batch's encoder outputs, unless the
-        # weights come from a checkpoint (ckpt_path, or a resumed run at step > 0)
-        self._codebook_pending = codebook_init == "data"
+        self.quant_warmup_steps = quant_warmup_steps
+        # "data"/"kmeans": set the codebook from encoder outputs when quantisation starts, unless the
+        # weights come from a checkpoint (ckpt_path, or a resumed run past that step)
+        self._codebook_pending = codebook_init != "uniform"
+        self._feature_buffer: List[torch.Tensor] = []
         if ckpt_path is not None:
             self.init_from_ckpt(ckpt_path, ignore_keys=ignore_keys)
             self._codebook_pending = False
 
+    def encode_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Encoder + quant_conv: (B, C, H, W) -> continuous z (B, embed_dim, h, w), before quantisation."""
+        return self.quant_conv(self.encoder(x))
+
     @torch.no_grad()
-    def init_codebook_from(self, x: torch.Tensor) -> None:
-        """Codebook = the (pre-quantisation) encoder outputs at random latent positions of the
-        images x (B, C, H, W), plus noise at 1% of their spread.
+    def init_codebook_from(self, x: torch.Tensor, features: Optional[torch.Tensor] = None) -> None:
+        """Codebook from encoder outputs: those of the images x (B, C, H, W), or `features`
+        (N, embed_dim) collected over several batches.
+
+        "data": the outputs at random latent positions, plus noise at 1% of their spread.
+        "kmeans": the k-means centres of the outputs (`kmeans`), which cover where the outputs
+        are dense instead of where a random draw happened to land.
 
         Upstream initialises the codebook uniformly in (-1/n, 1/n), far from where the encoder's
         outputs lie, so early on every position picks one of a few codes and most codes never
         move (on the toy faces 13 of 256 codes are in use after 200 steps). Starting from the
         encoder's own outputs puts every code where positions can choose it. Under DDP rank 0's
         codebook is broadcast so that all ranks agree."""
-        z = self.quant_conv(self.encoder(x))                                             # (B, D, h, w)
-        flat = z.permute(0, 2, 3, 1).reshape(-1, z.shape[1])
+        if features is None:
+            z = self.encode_features(x)                                                  # (B, D, h, w)
+            features = z.permute(0, 2, 3, 1).reshape(-1, z.shape[1])
         n = self.quantize.n_e
         generator = torch.Generator(device="cpu").manual_seed(0)
-        pick = (torch.randperm(flat.shape[0], generator=generator)[:n] if flat.shape[0] >= n
-                else torch.randint(flat.shape[0], (n,), generator=generator)).to(flat.device)
-        codes = flat[pick]
-        codes = codes + 0.01 * codes.std() * torch.randn(codes.shape, generator=generator).to(codes)
+        if self.codebook_init == "kmeans":
+            codes = kmeans(features.float(), n, generator=generator).to(features)
+        else:
+            pick = (torch.randperm(features.shape[0], generator=generator)[:n] if features.shape[0] >= n
+                    else torch.randint(features.shape[0], (n,), generator=generator)).to(features.device)
+            codes = features[pick]
+            codes = codes + 0.01 * codes.std() * torch.randn(codes.shape, generator=generator).to(codes)
         trainer = getattr(self, "_trainer", None)
         if trainer is not None and trainer.world_size > 1:
             codes = trainer.strategy.broadcast(codes, src=0)
         self.quantize.embedding.weight.copy_(codes)
+
+    def quantizer_warming_up(self) -> bool:
+        """True while training runs as a plain autoencoder (`quant_warmup_steps`, codebook not yet set)."""
+        return self._codebook_pending and self.global_step < self.quant_warmup_steps
 
     # ----------------------------------------------------------------- optimisation
     def configure_optimizers(self):
@@ -138,19 +197,45 @@ class VQModel(CheckpointMixin, _UpstreamVQModel):
             optimizer.zero_grad(set_to_none=True)
         self.untoggle_optimizer(optimizer)
 
-    def reconstruct_batch(self, batch):
-        """-> (x, xrec, codebook loss) for a batch; the one place subclasses change what goes in."""
+    def reconstruct_batch(self, batch, quantize: bool = True):
+        """-> (x, xrec, codebook loss) for a batch; the one place subclasses change what goes in.
+        quantize=False decodes the continuous features (the warm-up) with a zero codebook loss."""
         x = self.get_input(batch, self.image_key)
+        if not quantize:
+            return x, self.decode(self._warmup_features(self.encode_features(x))), x.new_zeros(())
         xrec, qloss = self(x)
         return x, xrec, qloss
 
+    def _warmup_features(self, z: torch.Tensor) -> torch.Tensor:
+        """Keep a training batch's continuous features (the k-means sample for the codebook); -> z."""
+        if self.training:
+            flat = z.detach().permute(0, 2, 3, 1).reshape(-1, z.shape[1])
+            self._feature_buffer = (self._feature_buffer + [flat])[-KMEANS_BATCHES:]
+        return z
+
+    def _start_quantizing(self, batch) -> None:
+        """Set the codebook ("data"/"kmeans") when quantisation starts (at the end of the warm-up's
+        last step, or on the first step without a warm-up) from the warm-up's last batches (or this
+        batch's features), unless it came from a checkpoint (a run resumed past that step)."""
+        if self.global_step == self.quant_warmup_steps:
+            if self._feature_buffer:
+                self.init_codebook_from(None, torch.cat(self._feature_buffer))
+            else:
+                self.init_codebook_from(self.get_input(batch, self.image_key))
+        self._feature_buffer = []
+        self._codebook_pending = False
+
+    def on_train_batch_end(self, outputs, batch, batch_idx):
+        # The warm-up's last step sets the codebook at once, so validation at that step is quantized.
+        if self._codebook_pending and self.quant_warmup_steps and not self.quantizer_warming_up():
+            self._start_quantizing(batch)
+
     def training_step(self, batch, batch_idx):
         opt_ae, opt_disc = self.optimizers()
-        if self._codebook_pending:
-            if self.global_step == 0:
-                self.init_codebook_from(self.get_input(batch, self.image_key))
-            self._codebook_pending = False
-        x, xrec, qloss = self.reconstruct_batch(batch)
+        warming_up = self.quantizer_warming_up()
+        if self._codebook_pending and not warming_up:
+            self._start_quantizing(batch)
+        x, xrec, qloss = self.reconstruct_batch(batch, quantize=not warming_up)
         step = self.global_step
 
         aeloss, log_ae = self.loss(qloss, x, xrec, 0, step, last_layer=self.get_last_layer(), split="train")
@@ -167,7 +252,7 @@ class VQModel(CheckpointMixin, _UpstreamVQModel):
         self.log_dict(log_disc, on_step=True, on_epoch=True)
 
     def validation_step(self, batch, batch_idx):
-        x, xrec, qloss = self.reconstruct_batch(batch)
+        x, xrec, qloss = self.reconstruct_batch(batch, quantize=not self.quantizer_warming_up())
         aeloss, log_ae = self.loss(qloss, x, xrec, 0, self.global_step, last_layer=self.get_last_layer(), split="val")
         discloss, log_disc = self.loss(qloss, x, xrec, 1, self.global_step, last_layer=self.get_last_layer(),
                                        split="val")

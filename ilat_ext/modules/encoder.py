@@ -11,9 +11,10 @@ exactly what upstream's Encoder computes.
 after the transformer, Sec. 3.1).
 
 What differs from upstream and why:
-- keyword-only `norm_type` ("group" | "instance") and `mid_attn`: the iLAT face preset uses
-  InstanceNorm and no attention at all (FACTS.md Sec. 1). With the defaults the modules and keys
-  are upstream's.
+- keyword-only `norm_type` ("group" | "instance"), `norm_groups` and `mid_attn`: the iLAT face
+  preset uses InstanceNorm and no attention at all (FACTS.md Sec. 1); narrow models (the toy
+  configs) want fewer than taming's 32 groups. With the defaults the modules and keys are
+  upstream's, and parameter names never change.
 - unknown keyword arguments raise TypeError (upstream's `**ignore_kwargs` hides typos); the keys
   that live in the same `ddconfig` for the other half of the autoencoder are accepted.
 - `TSEncoder.forward` validates the image and mask (`ilat_ext.masks`) and raises ValueError
@@ -25,6 +26,7 @@ from typing import Dict, Iterable, Optional, Sequence
 import torch
 import torch.nn as nn
 from taming.modules.diffusionmodules.model import Decoder as _UpstreamDecoder
+from taming.modules.diffusionmodules.model import Encoder as _UpstreamEncoder
 from taming.modules.diffusionmodules.model import nonlinearity
 
 from ilat_ext.masks import check_divisible, check_pixel_mask, encoder_masks, latent_mask
@@ -38,17 +40,19 @@ ENCODER_ONLY_KEYS = frozenset({"double_z"})
 
 
 # ----------------------------------------------------------------------------- helpers
-def apply_preset(module: nn.Module, norm_type: str = "group", mid_attn: bool = True) -> nn.Module:
+def apply_preset(module: nn.Module, norm_type: str = "group", mid_attn: bool = True,
+                 norm_groups: int = 32) -> nn.Module:
     """Turn one of taming's plain modules (Encoder, Decoder) into a preset, in place: "instance"
-    swaps every GroupNorm(32) for GroupNorm(C, C) (same parameter names), mid_attn=False replaces
-    `mid.attn_1` by an identity (its keys disappear). Used by `Decoder`, and to build upstream's
-    Encoder with a TSEncoder's preset for comparisons (tests, benchmark)."""
+    swaps every GroupNorm(32) for GroupNorm(C, C), "group" with norm_groups != 32 for
+    GroupNorm(norm_groups, C) (same parameter names); mid_attn=False replaces `mid.attn_1` by an
+    identity (its keys disappear). Used by `Encoder` and `Decoder`, and to build upstream's Encoder
+    with a TSEncoder's preset for comparisons (tests, benchmark)."""
     _check_norm_type(norm_type)
-    if norm_type != "group":
+    if norm_type != "group" or norm_groups != 32:
         for parent in list(module.modules()):
             for name, child in list(parent.named_children()):
                 if isinstance(child, nn.GroupNorm):
-                    setattr(parent, name, make_norm(child.num_channels, norm_type))
+                    setattr(parent, name, make_norm(child.num_channels, norm_type, norm_groups))
     if not mid_attn:
         module.mid.attn_1 = nn.Identity()
     return module
@@ -79,7 +83,7 @@ class TSEncoder(nn.Module):
     def __init__(self, *, ch: int, out_ch: int, ch_mult: Sequence[int] = (1, 2, 4, 8), num_res_blocks: int,
                  attn_resolutions: Sequence[int], dropout: float = 0.0, resamp_with_conv: bool = True,
                  in_channels: int, resolution: int, z_channels: int, double_z: bool = True,
-                 norm_type: str = "group", mid_attn: bool = True, **decoder_keys):
+                 norm_type: str = "group", norm_groups: int = 32, mid_attn: bool = True, **decoder_keys):
         super().__init__()
         _reject_unknown(type(self).__name__, decoder_keys, DECODER_ONLY_KEYS)
         _check_norm_type(norm_type)
@@ -90,7 +94,9 @@ class TSEncoder(nn.Module):
         self.resolution = resolution
         self.in_channels = in_channels
         self.norm_type = norm_type
+        self.norm_groups = norm_groups
         self.mid_attn = mid_attn
+        norm = dict(norm_type=norm_type, norm_groups=norm_groups)
 
         # Built in upstream's order, so the same seed gives the same initial weights.
         self.conv_in = TSConv2d(in_channels, self.ch, kernel_size=3, stride=1, padding=1)
@@ -102,11 +108,10 @@ class TSEncoder(nn.Module):
             block_in = ch * in_ch_mult[i_level]
             block_out = ch * ch_mult[i_level]
             for _ in range(self.num_res_blocks):
-                block.append(TSResnetBlock(in_channels=block_in, out_channels=block_out, dropout=dropout,
-                                           norm_type=norm_type))
+                block.append(TSResnetBlock(in_channels=block_in, out_channels=block_out, dropout=dropout, **norm))
                 block_in = block_out
                 if curr_res in attn_resolutions:
-                    attn.append(TSAttnBlock(block_in, norm_type=norm_type))
+                    attn.append(TSAttnBlock(block_in, **norm))
             down = nn.Module()
             down.block = block
             down.attn = attn
@@ -116,14 +121,12 @@ class TSEncoder(nn.Module):
             self.down.append(down)
 
         self.mid = nn.Module()
-        self.mid.block_1 = TSResnetBlock(in_channels=block_in, out_channels=block_in, dropout=dropout,
-                                         norm_type=norm_type)
+        self.mid.block_1 = TSResnetBlock(in_channels=block_in, out_channels=block_in, dropout=dropout, **norm)
         if mid_attn:
-            self.mid.attn_1 = TSAttnBlock(block_in, norm_type=norm_type)
-        self.mid.block_2 = TSResnetBlock(in_channels=block_in, out_channels=block_in, dropout=dropout,
-                                         norm_type=norm_type)
+            self.mid.attn_1 = TSAttnBlock(block_in, **norm)
+        self.mid.block_2 = TSResnetBlock(in_channels=block_in, out_channels=block_in, dropout=dropout, **norm)
 
-        self.norm_out = make_norm(block_in, norm_type)
+        self.norm_out = make_norm(block_in, norm_type, norm_groups)
         self.conv_out = TSConv2d(block_in, 2 * z_channels if double_z else z_channels, kernel_size=3, stride=1,
                                  padding=1)
 
@@ -171,18 +174,18 @@ class TSEncoder(nn.Module):
 
 # ----------------------------------------------------------------------------- decoder
 class Decoder(_UpstreamDecoder):
-    """taming's Decoder plus keyword-only `norm_type` ("group" | "instance") and `mid_attn`.
+    """taming's Decoder plus keyword-only `norm_type` ("group" | "instance"), `norm_groups` and
+    `mid_attn`.
 
     forward(z (B, z_channels, h, w)) -> (B, out_ch, h*f, w*f), as upstream. With the defaults it
-    IS upstream's decoder (same modules and keys); "instance" swaps every GroupNorm(32) for
-    GroupNorm(C, C) (same parameter names), and mid_attn=False replaces `mid.attn_1` by an
-    identity (its keys disappear). Unknown keyword arguments raise TypeError.
+    IS upstream's decoder (same modules and keys); the presets swap its GroupNorms and drop
+    `mid.attn_1` (`apply_preset`). Unknown keyword arguments raise TypeError.
     """
 
     def __init__(self, *, ch: int, out_ch: int, ch_mult: Sequence[int] = (1, 2, 4, 8), num_res_blocks: int,
                  attn_resolutions: Sequence[int], dropout: float = 0.0, resamp_with_conv: bool = True,
                  in_channels: int, resolution: int, z_channels: int, give_pre_end: bool = False,
-                 norm_type: str = "group", mid_attn: bool = True, **encoder_keys):
+                 norm_type: str = "group", norm_groups: int = 32, mid_attn: bool = True, **encoder_keys):
         _reject_unknown(type(self).__name__, encoder_keys, ENCODER_ONLY_KEYS)
         _check_norm_type(norm_type)
         super().__init__(ch=ch, out_ch=out_ch, ch_mult=ch_mult, num_res_blocks=num_res_blocks,
@@ -190,5 +193,30 @@ class Decoder(_UpstreamDecoder):
                          in_channels=in_channels, resolution=resolution, z_channels=z_channels,
                          give_pre_end=give_pre_end)
         self.norm_type = norm_type
+        self.norm_groups = norm_groups
         self.mid_attn = mid_attn
-        apply_preset(self, norm_type, mid_attn)
+        apply_preset(self, norm_type, mid_attn, norm_groups)
+
+
+class Encoder(_UpstreamEncoder):
+    """taming's (one-stream) Encoder with the same presets as `Decoder`: what `VQModel` builds.
+
+    Upstream's Encoder swallows unknown keyword arguments, so a VQModel given a TS-VQGAN's
+    ddconfig (iLAT*: the same weights without two-stream convolutions) would silently build
+    GroupNorm(32) and a mid attention where the checkpoint has neither. This one builds the preset
+    and raises TypeError on unknown keys. With the defaults it IS upstream's encoder.
+    """
+
+    def __init__(self, *, ch: int, out_ch: int, ch_mult: Sequence[int] = (1, 2, 4, 8), num_res_blocks: int,
+                 attn_resolutions: Sequence[int], dropout: float = 0.0, resamp_with_conv: bool = True,
+                 in_channels: int, resolution: int, z_channels: int, double_z: bool = True,
+                 norm_type: str = "group", norm_groups: int = 32, mid_attn: bool = True, **decoder_keys):
+        _reject_unknown(type(self).__name__, decoder_keys, DECODER_ONLY_KEYS)
+        _check_norm_type(norm_type)
+        super().__init__(ch=ch, out_ch=out_ch, ch_mult=ch_mult, num_res_blocks=num_res_blocks,
+                         attn_resolutions=attn_resolutions, dropout=dropout, resamp_with_conv=resamp_with_conv,
+                         in_channels=in_channels, resolution=resolution, z_channels=z_channels, double_z=double_z)
+        self.norm_type = norm_type
+        self.norm_groups = norm_groups
+        self.mid_attn = mid_attn
+        apply_preset(self, norm_type, mid_attn, norm_groups)

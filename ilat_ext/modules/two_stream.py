@@ -148,18 +148,27 @@ class MaskedGroupNorm(nn.GroupNorm):
         return torch.addcmul(shift.view(B, C, 1, 1), x, scale.view(B, C, 1, 1), out=centred)
 
 
-def make_norm(channels: int, norm_type: str = "group") -> MaskedGroupNorm:
-    """The encoder's normalisation: "group" = taming's GroupNorm(32, eps 1e-6, affine); "instance" =
-    the same with one group per channel (the iLAT face preset). Parameters are `weight`, `bias`.
+def make_norm(channels: int, norm_type: str = "group", groups: int = 32) -> MaskedGroupNorm:
+    """The encoder's normalisation: "group" = taming's GroupNorm(32, eps 1e-6, affine), or `groups`
+    groups; "instance" = one group per channel (the iLAT face preset). Parameters are `weight`,
+    `bias` whatever the groups, so checkpoints load across presets.
+
+    Narrow models want fewer groups: with ch = 32, GroupNorm(32) is InstanceNorm, which
+    normalises every channel of every image on its own and so throws away the flat colours the
+    toy faces are made of (their autoencoder trains markedly slower; see configs/toy).
 
     Example::
 
-        >>> make_norm(64, "instance").num_groups, make_norm(64).num_groups
-        (64, 32)
+        >>> make_norm(64, "instance").num_groups, make_norm(64).num_groups, make_norm(64, groups=4).num_groups
+        (64, 32, 4)
     """
     if norm_type not in NORM_TYPES:
         raise ValueError(f"norm_type must be one of {NORM_TYPES}, got {norm_type!r}")
-    groups = 32 if norm_type == "group" else channels
+    if norm_type == "instance":
+        groups = channels
+    elif isinstance(groups, bool) or not isinstance(groups, int) or groups < 1 or channels % groups:
+        raise ValueError(f"norm_groups must be a positive integer that divides every normalised channel count, "
+                         f"got {groups!r} for {channels} channels")
     return MaskedGroupNorm(num_groups=groups, num_channels=channels, eps=1e-6, affine=True)
 
 
@@ -353,15 +362,15 @@ class TSResnetBlock(nn.Module):
     """
 
     def __init__(self, *, in_channels: int, out_channels: Optional[int] = None, conv_shortcut: bool = False,
-                 dropout: float = 0.0, norm_type: str = "group"):
+                 dropout: float = 0.0, norm_type: str = "group", norm_groups: int = 32):
         super().__init__()
         self.in_channels = in_channels
         out_channels = in_channels if out_channels is None else out_channels
         self.out_channels = out_channels
         self.use_conv_shortcut = conv_shortcut
-        self.norm1 = make_norm(in_channels, norm_type)
+        self.norm1 = make_norm(in_channels, norm_type, norm_groups)
         self.conv1 = TSConv2d(in_channels, out_channels, kernel_size=3, stride=1, padding=1)
-        self.norm2 = make_norm(out_channels, norm_type)
+        self.norm2 = make_norm(out_channels, norm_type, norm_groups)
         self.dropout = nn.Dropout(dropout)  # elementwise, its randomness is independent of x
         self.conv2 = TSConv2d(out_channels, out_channels, kernel_size=3, stride=1, padding=1)
         if self.in_channels != self.out_channels:
@@ -391,10 +400,10 @@ class TSAttnBlock(nn.Module):
     operation for operation (bmm, scale, softmax, bmm).
     """
 
-    def __init__(self, in_channels: int, norm_type: str = "group"):
+    def __init__(self, in_channels: int, norm_type: str = "group", norm_groups: int = 32):
         super().__init__()
         self.in_channels = in_channels
-        self.norm = make_norm(in_channels, norm_type)
+        self.norm = make_norm(in_channels, norm_type, norm_groups)
         self.q = nn.Conv2d(in_channels, in_channels, kernel_size=1, stride=1, padding=0)
         self.k = nn.Conv2d(in_channels, in_channels, kernel_size=1, stride=1, padding=0)
         self.v = nn.Conv2d(in_channels, in_channels, kernel_size=1, stride=1, padding=0)
