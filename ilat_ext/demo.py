@@ -149,11 +149,12 @@ def stroke_table(columns: Dict[str, torch.Tensor], mask: torch.Tensor, new: torc
     """Does each column follow the new strokes? Per column (the input first, as the reference of an
     image that ignores them): mean `stroke_distance` inside the mask to the new strokes and to the
     face's own strokes, and the share of images closer to the new ones."""
-    from ilat_ext.metrics import stroke_distance
+    from ilat_ext.metrics import mae, sketch_of_images
 
     rows = []
     for name, images in columns.items():
-        to_new, to_own = stroke_distance(images, new, mask), stroke_distance(images, own, mask)
+        drawn = sketch_of_images(images)                         # once per column, compared twice
+        to_new, to_own = mae(drawn, new.float(), mask.float()), mae(drawn, own.float(), mask.float())
         rows.append({"method": name, "to_new_strokes": float(to_new.mean()), "to_own_strokes": float(to_own.mean()),
                      "closer_to_new": float((to_new < to_own).float().mean())})
     return rows

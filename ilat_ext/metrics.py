@@ -78,31 +78,37 @@ def mae(a: torch.Tensor, b: torch.Tensor, mask: Optional[torch.Tensor] = None,
     return out.to(a.dtype if a.is_floating_point() else torch.float32)
 
 
-def stroke_distance(images: torch.Tensor, sketches: torch.Tensor, mask: torch.Tensor, upscale: int = 4) -> torch.Tensor:
-    """Do the edited images draw these strokes? MAE inside `mask` between the XDoG sketch of each
-    image and the given sketch, on the [0, 1] scale (0 = the same lines).
+def sketch_of_images(images: torch.Tensor, upscale: int = 4) -> torch.Tensor:
+    """The XDoG sketches of images (B, 3, H, W) in [-1, 1] -> (B, 1, H, W) in [-1, 1] (+1 paper).
 
-    images (B, 3, H, W) in [-1, 1]; sketches (B, 1, H, W) in [-1, 1] (+1 paper, the tensor layout
-    of `ilat_ext.data.sketch`); mask (B, 1, H, W) in {0, 1}. The images are enlarged `upscale`
-    times (bicubic) and sketched with `sketch_from_canvas`, the pipeline that made the toy faces'
-    sketches from their 4x drawings, so an unedited toy face scores close to its own sketch.
-    Returns (B,) float32; NaN where the mask is empty."""
+    Each image is enlarged `upscale` times (bicubic) and sketched with `sketch_from_canvas`, the
+    pipeline that made the toy faces' sketches from their 4x drawings, so an unedited toy face's
+    sketch is close to its own."""
     import cv2
     from ilat_ext.data.sketch import sketch_from_canvas
 
     if images.dim() != 4 or images.shape[1] != 3:
         raise ValueError(f"images must be (B, 3, H, W), got {tuple(images.shape)}")
-    B, _, H, W = images.shape
-    if sketches.shape != (B, 1, H, W):
-        raise ValueError(f"sketches must be (B, 1, H, W) = {(B, 1, H, W)}, got {tuple(sketches.shape)}")
+    H, W = images.shape[2:]
     if H != W:
-        raise ValueError(f"stroke_distance needs square images, got {H} x {W}")
+        raise ValueError(f"sketch_of_images needs square images, got {H} x {W}")
     pixels = ((images.detach().float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
-    drawn = []
-    for image in pixels:
-        big = cv2.resize(image, (W * upscale, H * upscale), interpolation=cv2.INTER_CUBIC)
-        drawn.append(sketch_from_canvas(big, H).astype(np.float32) / 127.5 - 1.0)
-    drawn = torch.from_numpy(np.stack(drawn))[:, None].to(sketches.device)
+    drawn = [sketch_from_canvas(cv2.resize(image, (W * upscale, H * upscale), interpolation=cv2.INTER_CUBIC), H)
+             for image in pixels]
+    return torch.from_numpy(np.stack(drawn).astype(np.float32) / 127.5 - 1.0)[:, None].to(images.device)
+
+
+def stroke_distance(images: torch.Tensor, sketches: torch.Tensor, mask: torch.Tensor, upscale: int = 4) -> torch.Tensor:
+    """Do the edited images draw these strokes? MAE inside `mask` between the XDoG sketch of each
+    image (`sketch_of_images`) and the given sketch, on the [0, 1] scale (0 = the same lines).
+
+    images (B, 3, H, W) in [-1, 1]; sketches (B, 1, H, W) in [-1, 1] (+1 paper, the tensor layout
+    of `ilat_ext.data.sketch`); mask (B, 1, H, W) in {0, 1}. Returns (B,) float32; NaN where the
+    mask is empty. To compare one set of images with several sketches, sketch them once with
+    `sketch_of_images` and call `mae` (what this does)."""
+    drawn = sketch_of_images(images, upscale)                                          # (B, 1, H, W)
+    if sketches.shape != drawn.shape:
+        raise ValueError(f"sketches must be (B, 1, H, W) = {tuple(drawn.shape)}, got {tuple(sketches.shape)}")
     return mae(drawn, sketches.float(), mask.float()).float()
 
 

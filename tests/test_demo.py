@@ -78,3 +78,10 @@ def test_stroke_table_tells_a_face_that_follows_the_strokes_from_one_that_does_n
     assert rows["donor"]["to_new_strokes"] < 0.5 * rows["donor"]["to_own_strokes"]
     assert rows["donor"]["closer_to_new"] == 1.0
     assert "| donor |" in demo.stroke_markdown(list(rows.values()))
+    from ilat_ext.metrics import stroke_distance
+    import pytest
+    assert abs(float(stroke_distance(x, sketch, mask).mean()) - rows["input"]["to_new_strokes"]) < 1e-6
+    with pytest.raises(ValueError, match="sketches must be"):
+        stroke_distance(x, sketch[:, :, :32], mask)
+    with pytest.raises(ValueError, match="images must be"):
+        stroke_distance(x[:, :1], sketch, mask)

@@ -190,5 +190,7 @@ def test_norm_groups_preset_and_vqmodel_builds_the_same_preset():
                                    rtol=0, atol=1e-5)
     with pytest.raises(ValueError, match="norm_groups"):
         _model(dict(preset, norm_groups=5))
+    with pytest.raises(ValueError, match="norm_groups"):                 # instance has no group count
+        _model(dict(preset, norm_type="instance"))
     with pytest.raises(TypeError, match="norm_group"):
         VQModel(dict(preset, norm_group=4), tiny_vq_lossconfig(), n_embed=32, embed_dim=8)

@@ -58,6 +58,12 @@ def apply_preset(module: nn.Module, norm_type: str = "group", mid_attn: bool = T
     return module
 
 
+def _use_preset(module: nn.Module, norm_type: str, norm_groups: int, mid_attn: bool) -> None:
+    """Record the preset on one of taming's modules (`Encoder`, `Decoder`) and apply it."""
+    module.norm_type, module.norm_groups, module.mid_attn = norm_type, norm_groups, mid_attn
+    apply_preset(module, norm_type, mid_attn, norm_groups)
+
+
 def _reject_unknown(cls_name: str, extra: Dict, allowed: Iterable[str]) -> None:
     unknown = sorted(set(extra) - set(allowed))
     if unknown:
@@ -192,10 +198,7 @@ class Decoder(_UpstreamDecoder):
                          attn_resolutions=attn_resolutions, dropout=dropout, resamp_with_conv=resamp_with_conv,
                          in_channels=in_channels, resolution=resolution, z_channels=z_channels,
                          give_pre_end=give_pre_end)
-        self.norm_type = norm_type
-        self.norm_groups = norm_groups
-        self.mid_attn = mid_attn
-        apply_preset(self, norm_type, mid_attn, norm_groups)
+        _use_preset(self, norm_type, norm_groups, mid_attn)
 
 
 class Encoder(_UpstreamEncoder):
@@ -216,7 +219,4 @@ class Encoder(_UpstreamEncoder):
         super().__init__(ch=ch, out_ch=out_ch, ch_mult=ch_mult, num_res_blocks=num_res_blocks,
                          attn_resolutions=attn_resolutions, dropout=dropout, resamp_with_conv=resamp_with_conv,
                          in_channels=in_channels, resolution=resolution, z_channels=z_channels, double_z=double_z)
-        self.norm_type = norm_type
-        self.norm_groups = norm_groups
-        self.mid_attn = mid_attn
-        apply_preset(self, norm_type, mid_attn, norm_groups)
+        _use_preset(self, norm_type, norm_groups, mid_attn)

@@ -165,6 +165,8 @@ def make_norm(channels: int, norm_type: str = "group", groups: int = 32) -> Mask
     if norm_type not in NORM_TYPES:
         raise ValueError(f"norm_type must be one of {NORM_TYPES}, got {norm_type!r}")
     if norm_type == "instance":
+        if groups != 32:
+            raise ValueError(f"norm_groups={groups!r} applies to norm_type 'group'; 'instance' has one group per channel")
         groups = channels
     elif isinstance(groups, bool) or not isinstance(groups, int) or groups < 1 or channels % groups:
         raise ValueError(f"norm_groups must be a positive integer that divides every normalised channel count, "
