@@ -291,15 +291,18 @@ def _teacher_forced_model(model, indices, c, allowed):
     emb, prefix, n_cond = model.sequence_inputs(c_idx)
     idx = indices[:, :-1] if prefix is None else torch.cat([prefix, indices[:, :-1]], dim=1)
     n_pre = (0 if emb is None else emb.shape[1]) + (0 if prefix is None else prefix.shape[1])
-    logits = model.transformer(idx, emb, attn_mask=allowed(n_cond))[0]
+    features = model.position_features(c_idx, n_pre, indices.shape[1])   # None unless aligned_condition
+    logits = model.transformer(idx, emb, attn_mask=allowed(n_cond), pos_features=features)[0]
     return logits[:, n_pre - 1:, :N_CODES]
 
 
+@pytest.mark.parametrize("aligned", [False, True])
 @pytest.mark.parametrize("layout", LAYOUTS)
-def test_ilat_sample_local_logits_equal_training_forward(models, batch, backbone_name, layout):
+def test_ilat_sample_local_logits_equal_training_forward(models, batch, backbone_name, layout, aligned):
     """ILATTransformer.sample_local draws every masked token from the logits of the teacher-forced
-    LA-mask pass over its result (what training computes), and keeps the encoder's tokens elsewhere."""
-    model = models(backbone=backbone_name, layout=layout)
+    LA-mask pass over its result (what training computes), and keeps the encoder's tokens elsewhere;
+    with `aligned_condition` the cached decoding adds the same aligned features as training."""
+    model = models(backbone=backbone_name, layout=layout, aligned_condition=aligned)
     x, c, mask = batch
     with torch.no_grad():
         r = model.sample_local(x, mask, c, return_logits=True)
@@ -453,10 +456,11 @@ def test_upstream_gpt_target_builds_our_gpt():
 
 
 # ============================================================================ Taming baseline
-def test_taming_edit_and_taming_star(models, batch, backbone_name):
+@pytest.mark.parametrize("aligned", [False, True])
+def test_taming_edit_and_taming_star(models, batch, backbone_name, aligned):
     """Taming's edit keeps the tokens before the first masked one and regenerates all the rest from
     one causal teacher-forced pass (cached == uncached); Taming* changes the masked tokens only."""
-    model = models(cls=TamingTransformer, backbone=backbone_name)
+    model = models(cls=TamingTransformer, backbone=backbone_name, aligned_condition=aligned)
     x, c, mask = batch
     with torch.no_grad():
         z, _ = model.encode_target(x, mask)
@@ -594,3 +598,141 @@ def test_optimizer_groups_and_warmup_decay_schedule(backbone_name):
         optimizer.step()
         scheduler.step()
     assert lrs == pytest.approx([1e-3 * f for f in expected])
+
+
+# ============================================================================ grid position init
+def _first_grid_row(model, n_cond: int, extra=None) -> int:
+    """The transformer position whose output predicts grid cell 0, from the model's own sequence
+    (the path training and sampling take)."""
+    c_idx = torch.zeros(1, n_cond, dtype=torch.long)
+    emb, prefix, _ = model.sequence_inputs(c_idx, extra) if extra is not None else model.sequence_inputs(c_idx)
+    return (0 if emb is None else emb.shape[1]) + (0 if prefix is None else prefix.shape[1]) - 1
+
+
+@pytest.mark.parametrize("cls,layout", [(TamingTransformer, None), (ILATTransformer, "start"),
+                                        (ILATTransformer, "taming"), ("pose", "start")])
+def test_grid_position_init_gives_a_condition_cell_and_the_row_predicting_it_one_code(cls, layout):
+    from ilat_ext.models.cond_transformer import grid_codes
+    from ilat_ext.models.pose_transformer import PoseILATTransformer
+
+    pose = cls == "pose"
+    cls = PoseILATTransformer if pose else cls
+    kw = {} if layout is None or pose else {"layout": layout}
+    model, plain = _build(cls=cls, pos_emb_init="grid", **kw), _build(cls=cls, **kw)
+    side = IMG // FACTOR
+    L = N = side * side                                  # both stages are f4 here: 8 x 8 cells each
+    extra = torch.zeros(1, 13, model.transformer.n_embd) if pose else None
+    first_row = _first_grid_row(model, N, extra)
+    first_cond = 1 if layout == "start" else 0           # after c_s in the start layout
+    pos, ref = model.transformer.pos_emb[0].detach(), plain.transformer.pos_emb[0].detach()
+    codes = grid_codes(side, side, pos.shape[1])
+    # the same places give the same codes on grids of other sizes: a 4 x 4 condition grid's cell 0
+    # covers the 2 x 2 top-left cells of this 8 x 8 grid, and its code is nearest to theirs
+    coarse = grid_codes(side // 2, side // 2, pos.shape[1], cells=side)
+    nearest = (coarse @ codes.t()).argmax(dim=1).view(side // 2, side // 2)
+    assert all(nearest[r, c] // side // 2 == r and nearest[r, c] % side // 2 == c
+               for r in range(side // 2) for c in range(side // 2))
+    seen = set()
+    for j in range(L):
+        cond_at, row_at = first_cond + j, first_row + j
+        torch.testing.assert_close(pos[cond_at], codes[j], rtol=0, atol=0)
+        seen.add(cond_at)
+        if layout != "start" and j == 0:
+            continue                                     # taming layout: that row is the last condition cell
+        torch.testing.assert_close(pos[row_at], codes[j], rtol=0, atol=0)
+        seen.add(row_at)
+    untouched = [p for p in range(pos.shape[0]) if p not in seen]
+    assert untouched, "start tokens / pose features / unused positions must exist in this setup"
+    torch.testing.assert_close(pos[untouched], ref[untouched], rtol=0, atol=0)   # c_s, z_s, pose, tail
+    assert abs(float(codes.std()) - 0.02) < 0.004
+    similarity = codes @ codes.t()
+    assert torch.equal(similarity.argmax(dim=1), torch.arange(L)), "every cell's code is nearest to itself"
+
+
+def test_grid_position_init_rejects_unknown_values_and_short_blocks():
+    with pytest.raises(ValueError, match="pos_emb_init must be one of"):
+        _build(pos_emb_init="sinusoidal")
+    with pytest.raises(ValueError, match="block_size is 100"):
+        _build(pos_emb_init="grid", block_size=100)
+
+
+def test_joint_position_codes_are_the_grid_code_where_the_joint_is():
+    """PoseILATTransformer(joint_position_codes=True): each visible landmark's features gain exactly
+    the position code of its (x, y), invisible ones nothing; the code of a joint at a cell centre is
+    that cell's grid code."""
+    from ilat_ext.models.cond_transformer import grid_codes
+    from ilat_ext.models.pose_transformer import PoseILATTransformer
+
+    plain = _build(cls=PoseILATTransformer)
+    coded = _build(cls=PoseILATTransformer, joint_position_codes=True)
+    side = IMG // FACTOR
+    pose = torch.zeros(1, 13, 3)
+    cells = torch.arange(13) * 5                                       # grid cells in raster order
+    pose[0, :, 0] = (cells % side + 0.5) / side                      # x of the cell centre
+    pose[0, :, 1] = (cells // side + 0.5) / side                     # y
+    pose[0, :, 2] = 1.0
+    pose[0, 4] = 0.0                                                   # an invisible joint
+    with torch.no_grad():
+        added = coded.pose_features(pose) - plain.pose_features(pose)
+    codes = grid_codes(side, side, coded.transformer.n_embd)[cells]
+    codes[4] = 0.0
+    torch.testing.assert_close(added[0], codes, rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match="joint_position_codes"):
+        _build(cls=PoseILATTransformer, joint_position_codes="yes")
+
+
+# ============================================================================ aligned condition
+@pytest.mark.parametrize("cls,layout", [(TamingTransformer, None), (ILATTransformer, "start"),
+                                        (ILATTransformer, "taming")])
+def test_aligned_condition_feeds_condition_cell_j_to_the_row_predicting_cell_j(batch, cls, layout):
+    """position_features holds aligned_emb(c_j) exactly at the position whose output predicts grid
+    cell j and zeros elsewhere; the training forward uses it (the logits change with it and match
+    a teacher-forced pass that adds it); it is a trained parameter."""
+    kw = {} if layout is None else {"layout": layout}
+    model = _build(cls=cls, aligned_condition=True, **kw)
+    x, c, mask = batch
+    _, c_idx = model.encode_to_c(c)
+    n_cond, L = c_idx.shape[1], (IMG // FACTOR) ** 2
+    first_row = _first_grid_row(model, n_cond)
+    features = model.position_features(c_idx, first_row + 1, L)
+    assert features.shape == (3, first_row + L, model.transformer.n_embd)
+    weight = model.aligned_emb.weight
+    for b in range(3):
+        for p in range(features.shape[1]):
+            j = p - first_row
+            want = weight[c_idx[b, j]] if 0 <= j < L else torch.zeros_like(weight[0])
+            torch.testing.assert_close(features[b, p], want, rtol=0, atol=0)
+    with torch.no_grad():
+        if cls is TamingTransformer:
+            logits, _ = model(x, c)
+            z = model.encode_to_z(x)[1]
+            reference = _teacher_forced_model(model, z, c, lambda n: None)
+        else:
+            logits, z, _ = model(x, c, mask)
+            reference = _teacher_forced_model(model, z, c, lambda n: la_attention_mask(model.token_mask(x, mask), n,
+                                                                                         model.layout))
+        torch.testing.assert_close(logits[..., :N_CODES], reference, atol=1e-5, rtol=0)
+        model.aligned_emb.weight.zero_()
+        changed = model(x, c)[0] if cls is TamingTransformer else model(x, c, mask)[0]
+        model.aligned_emb.weight.copy_(weight.detach().clone().normal_(std=0.02))
+    assert not torch.allclose(changed, logits), "the aligned features must reach the logits"
+    from ilat_ext.models.cond_transformer import transformer_param_groups
+    grouped = {id(p) for g in transformer_param_groups(model, 0.01) for p in g["params"]}
+    assert id(model.aligned_emb.weight) in grouped
+
+
+def test_aligned_condition_refuses_what_it_cannot_align():
+    first, cond = _stage_configs()
+    coarse = {"target": cond["target"], "params": dict(cond["params"], ddconfig=dict(
+        cond["params"]["ddconfig"], ch_mult=(1, 1, 1, 1)))}                     # an 4 x 4 condition grid
+    transformer = {"target": BACKBONE_TARGETS["gpt"],
+                   "params": dict(vocab_size=MODEL_VOCAB, block_size=160, n_layer=1, n_head=2, n_embd=32)}
+    with pytest.raises(ValueError, match="on the image-token grid"):
+        ILATTransformer(transformer, first, coarse, cond_stage_key="sketch", aligned_condition=True)
+    with pytest.raises(ValueError, match="needs a condition"):
+        ILATTransformer(transformer, first, "__is_unconditional__", aligned_condition=True)
+    model = _build(cls=TamingTransformer, aligned_condition=True)
+    with pytest.raises(NotImplementedError, match="aligned condition"):
+        model.sample(torch.zeros(1, 64, dtype=torch.long), torch.zeros(1, 64, dtype=torch.long), steps=1)
+    with pytest.raises(ValueError, match="condition tokens for"):
+        model.position_features(torch.zeros(1, 10, dtype=torch.long), 10, 64)

@@ -126,8 +126,29 @@ def test_argument_checks():
         ToyPoses(frames_per_video=1)
     with pytest.raises(ValueError, match="unknown mask_kwargs"):
         ToyPoses(mask_kwargs={"kernel_scale": 1})
+    with pytest.raises(ValueError, match="backgrounds must be a non-empty subset"):
+        ToyPoses(backgrounds=["plaid"])
+    with pytest.raises(ValueError, match="backgrounds must be a non-empty subset"):
+        ToyPoses(backgrounds=[])
     with pytest.raises(IndexError):
         ToyPoses(length=4)[4]
     with pytest.raises(IndexError):
         ToyPoses(length=4, frames_per_video=2).video_pose(0, 2)
     assert "ToyPoses(size=64" in repr(ToyPoses())
+
+
+def test_default_scenes_are_smooth_and_textured_ones_stay_available():
+    """The default backgrounds (gradients, blotches, large patches, light grain) have far less
+    high-frequency energy than the textured stripes and checkers, which `backgrounds=` still gives."""
+    def roughness(ds):
+        grads = []
+        for video in range(12):
+            b = ds.background(video).astype(np.float64)
+            grads.append(np.abs(np.diff(b, axis=0)).mean() + np.abs(np.diff(b, axis=1)).mean())
+        return float(np.mean(grads))
+
+    smooth = ToyPoses(size=64, length=96)
+    textured = ToyPoses(size=64, length=96, backgrounds=("stripes", "checker"))
+    assert set(smooth.backgrounds) == {"gradient", "blotches", "patches"}
+    assert roughness(textured) > 2 * roughness(smooth)
+    assert "backgrounds=['stripes', 'checker']" in repr(textured)

@@ -63,7 +63,7 @@ class ILATTransformer(TamingTransformer):
                  lm_rate: float = 0.0, downsample_cond_size: int = -1, sos_token: int = 0,
                  learning_rate: Optional[float] = None, weight_decay: float = 0.01,
                  betas: Tuple[float, float] = (0.9, 0.95), warmup_steps: int = 0, decay_steps: Optional[int] = None,
-                 baseline_config=None):
+                 baseline_config=None, pos_emb_init: Optional[str] = None, aligned_condition: bool = False):
         if layout not in LA_LAYOUTS:
             raise ValueError(f"layout must be one of {LA_LAYOUTS}, got {layout!r}")
         if not 0.0 <= float(lm_rate) <= 1.0:
@@ -73,7 +73,8 @@ class ILATTransformer(TamingTransformer):
                          ckpt_path=None, first_stage_key=first_stage_key, cond_stage_key=cond_stage_key,
                          downsample_cond_size=downsample_cond_size, sos_token=sos_token,
                          learning_rate=learning_rate, weight_decay=weight_decay, betas=betas, mask_key=mask_key,
-                         warmup_steps=warmup_steps, decay_steps=decay_steps)
+                         warmup_steps=warmup_steps, decay_steps=decay_steps, pos_emb_init=pos_emb_init,
+                         aligned_condition=aligned_condition)
         self.lm_rate = float(lm_rate)
         n_embd = self.transformer.n_embd
         n_codes = self.first_stage_model.quantize.n_e
@@ -156,8 +157,9 @@ class ILATTransformer(TamingTransformer):
             allowed = torch.where(lm[:, None, None], causal, allowed)
             weight = torch.where(lm[:, None], torch.ones_like(weight), weight)
         idx = z[:, :-1] if prefix is None else torch.cat([prefix, z[:, :-1]], dim=1)
-        logits, _ = self.transformer(idx, emb, attn_mask=allowed)
         n_pre = (0 if emb is None else emb.shape[1]) + (0 if prefix is None else prefix.shape[1])
+        features = self.position_features(c_idx, n_pre, z.shape[1])
+        logits, _ = self.transformer(idx, emb, attn_mask=allowed, pos_features=features)
         return logits[:, n_pre - 1:], z, weight
 
     def shared_step(self, batch, batch_idx):

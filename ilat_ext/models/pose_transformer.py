@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from ilat_ext.data.pose import NUM_JOINTS, check_pose, normalise_pose, pair_mask
-from ilat_ext.models.cond_transformer import EditResult
+from ilat_ext.models.cond_transformer import EditResult, position_codes, stage_grid
 from ilat_ext.models.ilat_transformer import ILATTransformer
 from ilat_ext.modules.pointmlp import PointMLP
 
@@ -38,10 +38,17 @@ class PoseILATTransformer(ILATTransformer):
         pointmlp_hidden: hidden widths of the PointMLP (the release: 64, 256).
         joint_embedding: add a learned per-joint embedding to the PointMLP features.
         mask_kwargs: `ilat_ext.data.pose.pose_mask` options for masks built by `synthesize`.
+        joint_position_codes: add to each landmark's features the fixed 2D sinusoidal code of where
+            it is (`cond_transformer.position_codes`, the code `pos_emb_init: grid` starts the grid
+            cells there with), so "which cells does this limb cross" is a match of codes from the
+            first step instead of a map the PointMLP must learn (an addition of ours; the paper
+            feeds the coordinates through the MLP only).
 
     Defaults follow the pose task: first_stage_key "image" (the target frame), cond_stage_key
     "cond_image" (the condition frame).
     """
+
+    n_extra_positions = NUM_JOINTS  # the PointMLP features sit between the condition and the grid
 
     def __init__(self, transformer_config, first_stage_config, cond_stage_config, permuter_config=None,
                  ckpt_path: Optional[str] = None, ignore_keys: Sequence[str] = (), first_stage_key: str = "image",
@@ -50,16 +57,21 @@ class PoseILATTransformer(ILATTransformer):
                  mask_kwargs: Optional[Mapping[str, Any]] = None, downsample_cond_size: int = -1,
                  sos_token: int = 0, learning_rate: Optional[float] = None, weight_decay: float = 0.01,
                  betas: Tuple[float, float] = (0.9, 0.95), warmup_steps: int = 0,
-                 decay_steps: Optional[int] = None, baseline_config=None):
+                 decay_steps: Optional[int] = None, baseline_config=None, pos_emb_init: Optional[str] = None,
+                 joint_position_codes: bool = False, aligned_condition: bool = False):
         super().__init__(transformer_config, first_stage_config, cond_stage_config, permuter_config=permuter_config,
                          ckpt_path=None, first_stage_key=first_stage_key, cond_stage_key=cond_stage_key,
                          mask_key=mask_key, layout="start", lm_rate=lm_rate,
                          downsample_cond_size=downsample_cond_size, sos_token=sos_token,
                          learning_rate=learning_rate, weight_decay=weight_decay, betas=betas,
-                         warmup_steps=warmup_steps, decay_steps=decay_steps, baseline_config=baseline_config)
+                         warmup_steps=warmup_steps, decay_steps=decay_steps, baseline_config=baseline_config,
+                         pos_emb_init=pos_emb_init, aligned_condition=aligned_condition)
         self.pose_key = pose_key
         self.mask_kwargs = dict(mask_kwargs or {})
         self.point_mlp = PointMLP(self.transformer.n_embd, NUM_JOINTS, 3, pointmlp_hidden, joint_embedding)
+        if not isinstance(joint_position_codes, bool):
+            raise ValueError(f"joint_position_codes must be true or false, got {joint_position_codes!r}")
+        self.joint_position_codes = joint_position_codes
         if ckpt_path is not None:
             self.init_from_ckpt(ckpt_path, ignore_keys=ignore_keys)
 
@@ -74,7 +86,13 @@ class PoseILATTransformer(ILATTransformer):
     def pose_features(self, pose) -> torch.Tensor:
         """pose (B, 13, 3) normalised [x/W, y/H, visibility] -> (B, 13, n_embd)."""
         pose = torch.as_tensor(pose, dtype=torch.float32, device=self.device)
-        return self.point_mlp(pose)
+        features = self.point_mlp(pose)
+        if self.joint_position_codes:
+            # where the landmark is, in the code `pos_emb_init: grid` gives the grid cells there
+            # (zero for invisible joints)
+            codes = position_codes(pose[..., 1], pose[..., 0], features.shape[-1], max(stage_grid(self.first_stage_model)))
+            features = features + codes.to(features) * (pose[..., 2:3] > 0)
+        return features
 
     def sequence_positions(self, n_cond_tokens: int, n_grid: int) -> int:
         """Transformer positions of a sequence of N condition tokens, the 13 pose features and L grid tokens."""

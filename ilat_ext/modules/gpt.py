@@ -19,9 +19,13 @@ The backbone interface (shared with `ilat_ext.modules.xtransformer.XTransformer`
 
     forward(idx (B, T) long | None, embeddings (B, E, C) | None = None, targets=None, *,
             attn_mask (B, S, S_keys) bool | None = None, positions (B, S) | (S,) long | None = None,
-            cache: KVCache | None = None) -> (logits (B, S, vocab_size), loss | None)
+            cache: KVCache | None = None, pos_features (B, P, C) | None = None)
+        -> (logits (B, S, vocab_size), loss | None)
 
-S = E + T: the embeddings come first (minGPT's convention). Without a mask the attention is
+S = E + T: the embeddings come first (minGPT's convention). `pos_features` are per-element inputs
+by sequence POSITION (P > every position used), added to the input at each position like the
+position embedding; a model's aligned condition (`TamingTransformer(aligned_condition=True)`) comes
+this way, so a sampler that visits positions in any order adds the same features as training. Without a mask the attention is
 causal. With a cache, S_keys = cache.length + S: the cached keys first, in the order they were
 appended, then the new ones; the new keys/values are appended to the cache.
 """
@@ -126,6 +130,17 @@ def check_backbone_inputs(backbone: nn.Module, length: int, attn_mask: Optional[
     return positions
 
 
+def position_feature_rows(pos_features: torch.Tensor, positions: torch.Tensor, batch: int, width: int) -> torch.Tensor:
+    """pos_features (B, P, C) at positions (B or 1, S) -> (B, S, C), with the checks."""
+    if pos_features.dim() != 3 or pos_features.shape[0] != batch or pos_features.shape[2] != width:
+        raise ValueError(f"pos_features of shape {tuple(pos_features.shape)} must be (B={batch}, P, C={width})")
+    if int(positions.max()) >= pos_features.shape[1]:
+        raise ValueError(f"pos_features cover {pos_features.shape[1]} positions, position {int(positions.max())} "
+                         "was asked for")
+    index = positions.to(pos_features.device).expand(batch, -1)
+    return pos_features.gather(1, index[:, :, None].expand(-1, -1, width))
+
+
 class BackboneMixin:
     """What both backbones share: embedding the inputs with their checks, the blocks loop, head and
     loss. A backbone has `tok_emb`, `pos_emb` (1, block_size, n_embd), `drop`, `blocks` (each
@@ -149,7 +164,7 @@ class BackboneMixin:
     def forward(self, idx: Optional[torch.Tensor] = None, embeddings: Optional[torch.Tensor] = None,
                 targets: Optional[torch.Tensor] = None, *, attn_mask: Optional[torch.Tensor] = None,
                 positions: Optional[torch.Tensor] = None, cache: Optional[KVCache] = None,
-                out_rows: Optional[torch.Tensor] = None):
+                out_rows: Optional[torch.Tensor] = None, pos_features: Optional[torch.Tensor] = None):
         """See the module docstring. out_rows (B, R) long: return logits (B, R, V) of these input
         positions only (a sampler's first pass needs a few rows; the last block and the head then
         skip the others' queries, feed-forward and vocabulary projection)."""
@@ -164,7 +179,10 @@ class BackboneMixin:
         past = cache.length if cache is not None else 0                                 # before any append
         positions = check_backbone_inputs(self, x.shape[1], attn_mask, positions, cache, x.shape[0])
         attn_mask = self.prepare_mask(attn_mask, past, x.shape[1], x.device)
-        x = self.drop(x + self.pos_emb[0, positions.to(x.device)])
+        x = x + self.pos_emb[0, positions.to(x.device)]
+        if pos_features is not None:
+            x = x + position_feature_rows(pos_features, positions, x.shape[0], self.n_embd).to(x.dtype)
+        x = self.drop(x)
         if out_rows is not None:
             if targets is not None:
                 raise ValueError("out_rows and targets cannot be combined")
@@ -304,10 +322,12 @@ class GPT(BackboneMixin, nn.Module):
         return block(x, attn_mask, cache, layer, rows)
 
     @torch.no_grad()
-    def decode(self, idx: torch.Tensor, positions: torch.Tensor, attn_mask: torch.Tensor, cache: KVCache) -> torch.Tensor:
+    def decode(self, idx: torch.Tensor, positions: torch.Tensor, attn_mask: torch.Tensor, cache: KVCache,
+               pos_features: Optional[torch.Tensor] = None) -> torch.Tensor:
         """One decoding call of a sampler, the same computation as `forward(idx, attn_mask=...,
-        positions=..., cache=...)` in eval mode, in plain functional ops: a decoding step reads
-        every weight for a few positions, so module dispatch would be a large share of its time.
+        positions=..., cache=..., pos_features=...)` in eval mode, in plain functional ops: a
+        decoding step reads every weight for a few positions, so module dispatch would be a large
+        share of its time.
 
         idx (B, T) long, positions (B, T) long, attn_mask (B, T, cache.length + T) bool
         -> logits (B, T, vocab_size); the new keys/values are appended to `cache`."""
@@ -317,6 +337,8 @@ class GPT(BackboneMixin, nn.Module):
         C, H = self.n_embd, self.n_head
         weights = self._decode_weights()
         x = F.embedding(idx, self.tok_emb.weight) + self.pos_emb[0, positions]          # (B, T, C)
+        if pos_features is not None:
+            x = x + position_feature_rows(pos_features, positions, B, C).to(x.dtype)
         # one additive mask for all layers (SDPA would convert a boolean one in every layer)
         bias = torch.zeros(attn_mask.shape, dtype=x.dtype, device=x.device)
         bias = bias.masked_fill_(~attn_mask, float("-inf"))[:, None]                    # (B, 1, T, N)

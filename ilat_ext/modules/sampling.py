@@ -84,7 +84,7 @@ def sample_tokens(backbone, z: torch.Tensor, gen_mask: torch.Tensor, allowed: to
                   prefix: Optional[torch.Tensor] = None, *, greedy: bool = True, temperature: float = 1.0,
                   top_k: Optional[int] = None, generator: Optional[torch.Generator] = None,
                   vocab_limit: Optional[int] = None, use_cache: bool = True, progress: bool = False,
-                  record_logits: bool = False) -> SampleResult:
+                  record_logits: bool = False, pos_features: Optional[torch.Tensor] = None) -> SampleResult:
     """Fill in the grid tokens where `gen_mask` is True, in raster order.
 
     backbone: an `ilat_ext.modules.gpt.GPT`-interface transformer (GPT or XTransformer).
@@ -94,6 +94,8 @@ def sample_tokens(backbone, z: torch.Tensor, gen_mask: torch.Tensor, allowed: to
         order (the LA mask's causal group, `ilat_ext.masks.la_causal_positions`).
     embeddings: (B, E, C) leading features; prefix: (B, P) leading tokens; S = E + P + L - 1.
     vocab_limit: draw only from the first `vocab_limit` logits (a vocabulary with extra tokens).
+    pos_features: (B, >= S, C) per-position input features (the backbone's `pos_features`), given to
+        every call, so cached decoding adds at each position what the training forward added.
     Returns a `SampleResult`. No transformer call when nothing is to be generated.
     """
     if z.dim() != 2 or gen_mask.shape != z.shape:
@@ -113,7 +115,7 @@ def sample_tokens(backbone, z: torch.Tensor, gen_mask: torch.Tensor, allowed: to
 
     def forward(tokens, **kwargs):
         idx = tokens if prefix is None else torch.cat([prefix, tokens], dim=1)
-        logits = backbone(idx, embeddings, **kwargs)[0]
+        logits = backbone(idx, embeddings, pos_features=pos_features, **kwargs)[0]
         return logits[..., :vocab_limit] if vocab_limit else logits
 
     def take(b_mask, token_index, logits):  # write draws for elements b_mask at grid indices (B,)
@@ -204,12 +206,13 @@ def sample_tokens(backbone, z: torch.Tensor, gen_mask: torch.Tensor, allowed: to
             logits_out[b_idx, j_idx] = logits.to(logits_out.dtype)
     decode = getattr(backbone, "decode", None)
     if decode is None:  # any backbone with the interface: a forward call on the cache
-        def decode(idx, positions, attn_mask, cache):
-            return backbone(idx, None, attn_mask=attn_mask, positions=positions, cache=cache)[0]
+        def decode(idx, positions, attn_mask, cache, pos_features=None):
+            return backbone(idx, None, attn_mask=attn_mask, positions=positions, cache=cache,
+                            pos_features=pos_features)[0]
     for r in tqdm(range(n_calls), desc="sampling", disable=not progress, leave=False):
         lo, hi = r * width, (r + 1) * width
         token = z.gather(1, held_idx[:, lo:hi])                                     # (B, T)
-        out = decode(token, q_pos[:, lo:hi], row_masks[:, lo:hi, :S + hi], cache)  # (B, T, V)
+        out = decode(token, q_pos[:, lo:hi], row_masks[:, lo:hi, :S + hi], cache, pos_features)  # (B, T, V)
         t = take_at[:, r]
         logits = out[rows, t]
         logits = logits[..., :vocab_limit] if vocab_limit else logits
