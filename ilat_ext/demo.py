@@ -13,7 +13,8 @@ Faces (`run_face_demo`):
 2. Edits held-out faces with NEW strokes: the region around the mouth is masked and the strokes
    inside it are another face's sketch (`compose_edit_sketch`: the face's own sketch outside the
    mask, the donor's strokes inside), so a correct edit draws the donor's mouth and keeps the rest.
-   Grid: input | mask | sketch | Taming | Taming* | iLAT (`<out>/edits.png`).
+   Grid: input | mask | sketch | Taming | Taming* | iLAT | ceiling (`<out>/edits.png`; ceiling =
+   the donor's own codes in the mask, the best this autoencoder can show).
 3. Compares Taming, Taming* and iLAT on held-out faces with their own sketches and free-form masks
    (ground truth known): PSNR / SSIM / MAE, PSNR outside the mask against the input (identity
    preservation), seconds per image (`ilat_ext.compare`; `<out>/comparison/`).
@@ -126,15 +127,14 @@ def new_stroke_batch(n: int, size: int = 64, seed: int = 0):
     """Held-out faces (ToyFaces test split) with the mouth region masked and another test face's
     sketch as the strokes inside it. -> x (n, 3, H, W) in [-1, 1], mask (n, 1, H, W), sketch
     (n, 1, H, W) in [-1, 1] (+1 paper), and each face's own sketch (n, 1, H, W), for comparison."""
-    from ilat_ext.data import ToyFaces
     from ilat_ext.data.sketch import compose_edit_sketch, sketch_to_tensor_layout
 
-    faces = ToyFaces(size=size, length=2 * n, split="test", seed=seed, mask=False, sketch=False)
+    faces = _stroke_faces(n, size, seed)
     mask = mouth_mask(size)
     xs, sketches, own = [], [], []
     for i in range(n):
         face = faces.face(i)
-        donor = faces.sketch_of(n + i)                    # a different face's strokes
+        donor = faces.sketch_of(n + i)                    # a different face's strokes: donor_faces(n)[i]
         sketch = compose_edit_sketch(face, mask, donor, original_sketch=faces.sketch_of(i))
         xs.append(face.astype(np.float32) / 127.5 - 1.0)
         sketches.append(sketch_to_tensor_layout(sketch))
@@ -142,6 +142,28 @@ def new_stroke_batch(n: int, size: int = 64, seed: int = 0):
     to_nchw = lambda arrays: torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2)  # noqa: E731
     m = torch.from_numpy(mask)[None, None].expand(n, 1, size, size).contiguous()
     return to_nchw(xs), m, to_nchw(sketches), to_nchw(own)
+
+
+def _stroke_faces(n: int, size: int, seed: int):
+    from ilat_ext.data import ToyFaces
+    return ToyFaces(size=size, length=2 * n, split="test", seed=seed, mask=False, sketch=False)
+
+
+def donor_faces(n: int, size: int = 64, seed: int = 0) -> torch.Tensor:
+    """(n, 3, H, W) in [-1, 1]: the faces whose strokes `new_stroke_batch(n, size, seed)` puts in the
+    mask of face i."""
+    faces = _stroke_faces(n, size, seed)
+    return torch.from_numpy(np.stack([faces.face(n + i) for i in range(n)])).permute(0, 3, 1, 2).float() / 127.5 - 1
+
+
+@torch.no_grad()
+def ceiling_edit(model, x: torch.Tensor, mask: torch.Tensor, donor: torch.Tensor) -> torch.Tensor:
+    """What a transformer that drew the donor's mouth perfectly would output with this autoencoder:
+    the donor's own codes inside M_q, x's Eq. 4 latent outside (`model.decode_tokens`)."""
+    m_q = model.token_mask(x, mask)
+    z_x, kept = model.encode_target(x, mask)
+    z_donor, _ = model.encode_target(donor, torch.zeros_like(mask))
+    return model.decode_tokens(torch.where(m_q, z_donor, z_x), kept, m_q)
 
 
 def stroke_table(columns: Dict[str, torch.Tensor], mask: torch.Tensor, new: torch.Tensor,
@@ -170,9 +192,10 @@ def stroke_markdown(rows: Sequence[dict]) -> str:
 
 @torch.no_grad()
 def edit_with_new_strokes(models: Dict[str, object], n: int, out_path: str, size: int = 64, seed: int = 0):
-    """The new-strokes grid input | mask | sketch | Taming | Taming* | iLAT, and how closely each
-    edit follows the new strokes (`stroke_table`, also written next to the grid as .md).
-    Returns (columns, stroke rows)."""
+    """The new-strokes grid input | mask | sketch | Taming | Taming* | iLAT | ceiling, and how closely
+    each edit follows the new strokes (`stroke_table`, also written next to the grid as .md). The
+    ceiling column is `ceiling_edit`: the donor's own codes in the mask, what the autoencoder can
+    show at best. Returns (columns, stroke rows)."""
     from ilat_ext.edit import make_grid
 
     x, mask, sketch, own = new_stroke_batch(n, size, seed)
@@ -180,12 +203,14 @@ def edit_with_new_strokes(models: Dict[str, object], n: int, out_path: str, size
     columns = {"input": x, "mask": mask * 2 - 1, "sketch": sketch,
                "Taming": taming.sample_edit(x, mask, sketch).image,
                "Taming*": taming.sample_local(x, mask, sketch).image,
-               "iLAT": ilat.sample_local(x, mask, sketch).image}
+               "iLAT": ilat.sample_local(x, mask, sketch).image,
+               "ceiling": ceiling_edit(ilat, x, mask, donor_faces(n, size, seed))}
     make_grid(columns, out_path)
-    rows = stroke_table({k: columns[k] for k in ("input", "Taming", "Taming*", "iLAT")}, mask, sketch, own)
+    rows = stroke_table({k: columns[k] for k in ("input", "Taming", "Taming*", "iLAT", "ceiling")}, mask, sketch, own)
     with open(os.path.splitext(out_path)[0] + ".md", "w") as f:
         f.write("New-strokes edits: XDoG of each output against the strokes inside the mask "
-                "(MAE on [0, 1]; lower is closer)\n\n" + stroke_markdown(rows) + "\n")
+                "(MAE on [0, 1]; lower is closer). ceiling: the donor face's own codes in the mask "
+                "(a perfect transformer with this autoencoder)\n\n" + stroke_markdown(rows) + "\n")
     return columns, rows
 
 
@@ -202,7 +227,7 @@ def run_face_demo(out: str = "demo", scale: float = 1.0, n_edit: int = 8, n_comp
     models = {name: load_run(runs[name])[0] for name in ("ilat", "taming")}
     edits = os.path.join(out, "edits.png")
     _, strokes = edit_with_new_strokes(models, n_edit, edits)
-    log(f"new-strokes edits: {edits} (input | mask | sketch | Taming | Taming* | iLAT)")
+    log(f"new-strokes edits: {edits} (input | mask | sketch | Taming | Taming* | iLAT | ceiling)")
     log(stroke_markdown(strokes))
     methods = [model_method("Taming", models["taming"], "edit"), model_method("Taming*", models["taming"], "local"),
                model_method("iLAT", models["ilat"], "local")]

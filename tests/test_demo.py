@@ -19,7 +19,9 @@ def test_face_demo_writes_edits_and_table(tmp_path):
     for path in ("edits.png", "edits.md", "comparison/grid.png", "comparison/metrics.md", "comparison/metrics.csv"):
         assert os.path.isfile(os.path.join(out, path)), path
     width, height = Image.open(os.path.join(out, "edits.png")).size
-    assert width > 6 * 64 and height > 2 * 64                # 6 columns, 2 faces
+    assert width > 7 * 64 and height > 2 * 64                # 7 columns (... iLAT | ceiling), 2 faces
+    with open(os.path.join(out, "edits.md")) as f:
+        assert "| ceiling |" in f.read()
     assert {s.name for s in demo.face_chain()} == {"sketch", "ts1", "ts2", "ilat", "taming"}
     for stage in demo.face_chain(0.01):
         assert demo.find_run(os.path.join(out, "logs"), stage.name), stage.name
@@ -71,7 +73,8 @@ def test_stroke_table_tells_a_face_that_follows_the_strokes_from_one_that_does_n
     x, mask, sketch, own = demo.new_stroke_batch(n, 64)
     faces = ToyFaces(size=64, length=2 * n, split="test", mask=False, sketch=False)
     donors = torch.from_numpy(np.stack([faces.face(n + i) for i in range(n)]).astype(np.float32) / 127.5 - 1)
-    rows = {r["method"]: r for r in demo.stroke_table({"input": x, "donor": donors.permute(0, 3, 1, 2)},
+    assert torch.equal(demo.donor_faces(n, 64), donors.permute(0, 3, 1, 2))   # the faces the strokes came from
+    rows = {r["method"]: r for r in demo.stroke_table({"input": x, "donor": demo.donor_faces(n, 64)},
                                                       mask, sketch, own)}
     assert rows["input"]["to_own_strokes"] < 0.5 * rows["input"]["to_new_strokes"]
     assert rows["input"]["closer_to_new"] == 0.0
@@ -85,3 +88,22 @@ def test_stroke_table_tells_a_face_that_follows_the_strokes_from_one_that_does_n
         stroke_distance(x, sketch[:, :, :32], mask)
     with pytest.raises(ValueError, match="images must be"):
         stroke_distance(x[:, :1], sketch, mask)
+
+
+def test_ceiling_edit_puts_the_donor_codes_in_the_mask_and_nothing_else():
+    """Full mask: the donor's quantized reconstruction; empty mask: the input's Eq. 4 decoding,
+    whatever the donor."""
+    import torch
+    from tests.test_ilat import IMG, _build
+
+    model = _build()
+    g = torch.Generator().manual_seed(3)
+    x, donor, other = (torch.rand(2, 3, IMG, IMG, generator=g) * 2 - 1 for _ in range(3))
+    full, empty = torch.ones(2, 1, IMG, IMG), torch.zeros(2, 1, IMG, IMG)
+    with torch.no_grad():
+        fs = model.first_stage_model
+        quantized_donor = fs.decode(fs.quantize(fs.quant_conv(fs.encoder(donor)))[0])
+        torch.testing.assert_close(demo.ceiling_edit(model, x, full, donor), quantized_donor, atol=1e-4, rtol=0)
+        kept = demo.ceiling_edit(model, x, empty, donor)
+        torch.testing.assert_close(kept, demo.ceiling_edit(model, x, empty, other), atol=0, rtol=0)
+        torch.testing.assert_close(kept, fs.decode(model.encode_target(x, empty)[1]), atol=1e-4, rtol=0)
