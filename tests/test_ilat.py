@@ -736,3 +736,10 @@ def test_aligned_condition_refuses_what_it_cannot_align():
         model.sample(torch.zeros(1, 64, dtype=torch.long), torch.zeros(1, 64, dtype=torch.long), steps=1)
     with pytest.raises(ValueError, match="condition tokens for"):
         model.position_features(torch.zeros(1, 10, dtype=torch.long), 10, 64)
+    # the sampler checks the features cover its sequence once (its decoding steps do not re-check)
+    z, gen = torch.zeros(1, 64, dtype=torch.long), torch.ones(1, 64, dtype=torch.bool)
+    S = 64 + 64 - 1
+    causal = torch.ones(S, S, dtype=torch.bool).tril()[None]
+    with pytest.raises(ValueError, match="pos_features of shape"):
+        sample_tokens(model.transformer, z, gen, causal, torch.arange(S)[None] >= 63,
+                      prefix=torch.zeros(1, 64, dtype=torch.long), pos_features=torch.zeros(1, S - 1, 32))

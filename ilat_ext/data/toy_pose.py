@@ -325,4 +325,5 @@ class ToyPoses(torch.utils.data.Dataset):
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(size={self.size}, length={self.length}, seed={self.seed}, "
-                f"split={self.split!r}, frames_per_video={self.frames_per_video}, backgrounds={list(self.backgrounds)})")
+                f"split={self.split!r}, frames_per_video={self.frames_per_video}, "
+                f"backgrounds={list(self.backgrounds)})")

@@ -90,7 +90,8 @@ class PoseILATTransformer(ILATTransformer):
         if self.joint_position_codes:
             # where the landmark is, in the code `pos_emb_init: grid` gives the grid cells there
             # (zero for invisible joints)
-            codes = position_codes(pose[..., 1], pose[..., 0], features.shape[-1], max(stage_grid(self.first_stage_model)))
+            cells = max(stage_grid(self.first_stage_model))
+            codes = position_codes(pose[..., 1], pose[..., 0], features.shape[-1], cells)
             features = features + codes.to(features) * (pose[..., 2:3] > 0)
         return features
 

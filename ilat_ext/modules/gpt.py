@@ -25,7 +25,8 @@ The backbone interface (shared with `ilat_ext.modules.xtransformer.XTransformer`
 S = E + T: the embeddings come first (minGPT's convention). `pos_features` are per-element inputs
 by sequence POSITION (P > every position used), added to the input at each position like the
 position embedding; a model's aligned condition (`TamingTransformer(aligned_condition=True)`) comes
-this way, so a sampler that visits positions in any order adds the same features as training. Without a mask the attention is
+this way, so a sampler that visits positions in any order adds the same features as training.
+Without a mask the attention is
 causal. With a cache, S_keys = cache.length + S: the cached keys first, in the order they were
 appended, then the new ones; the new keys/values are appended to the cache.
 """
@@ -130,11 +131,13 @@ def check_backbone_inputs(backbone: nn.Module, length: int, attn_mask: Optional[
     return positions
 
 
-def position_feature_rows(pos_features: torch.Tensor, positions: torch.Tensor, batch: int, width: int) -> torch.Tensor:
-    """pos_features (B, P, C) at positions (B or 1, S) -> (B, S, C), with the checks."""
+def position_feature_rows(pos_features: torch.Tensor, positions: torch.Tensor, batch: int, width: int,
+                          check: bool = True) -> torch.Tensor:
+    """pos_features (B, P, C) at positions (B or 1, S) -> (B, S, C). `check=False` skips the
+    position range check (a device sync): `decode`, whose sampler checked P once."""
     if pos_features.dim() != 3 or pos_features.shape[0] != batch or pos_features.shape[2] != width:
         raise ValueError(f"pos_features of shape {tuple(pos_features.shape)} must be (B={batch}, P, C={width})")
-    if int(positions.max()) >= pos_features.shape[1]:
+    if check and int(positions.max()) >= pos_features.shape[1]:
         raise ValueError(f"pos_features cover {pos_features.shape[1]} positions, position {int(positions.max())} "
                          "was asked for")
     index = positions.to(pos_features.device).expand(batch, -1)
@@ -338,7 +341,7 @@ class GPT(BackboneMixin, nn.Module):
         weights = self._decode_weights()
         x = F.embedding(idx, self.tok_emb.weight) + self.pos_emb[0, positions]          # (B, T, C)
         if pos_features is not None:
-            x = x + position_feature_rows(pos_features, positions, B, C).to(x.dtype)
+            x = x + position_feature_rows(pos_features, positions, B, C, check=False).to(x.dtype)
         # one additive mask for all layers (SDPA would convert a boolean one in every layer)
         bias = torch.zeros(attn_mask.shape, dtype=x.dtype, device=x.device)
         bias = bias.masked_fill_(~attn_mask, float("-inf"))[:, None]                    # (B, 1, T, N)

@@ -111,6 +111,8 @@ def sample_tokens(backbone, z: torch.Tensor, gen_mask: torch.Tensor, allowed: to
     if not gen_mask.any():
         return SampleResult(z, 0, logits_out)
     check_sampling_mask(allowed, sequential, gen_mask, n_pre)
+    if pos_features is not None and (pos_features.dim() != 3 or pos_features.shape[:2] != (B, allowed.shape[1])):
+        raise ValueError(f"pos_features of shape {tuple(pos_features.shape)} must be (B={B}, S={allowed.shape[1]}, C)")
     rows = torch.arange(B, device=z.device)
 
     def forward(tokens, **kwargs):
