@@ -34,6 +34,11 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOY = os.path.join(REPO, "configs", "toy")
 
 
+# Stage 2 of the face autoencoder continues stage 1, whose GAN term is already on (the toy config starts
+# it after the quantizer warm-up, step 100); stage 2's step count starts again at 0.
+GAN_FROM_START = "model.params.lossconfig.params.disc_start=0"
+
+
 @dataclass
 class Stage:
     """One main.py run of the chain: its name, config, step count and overrides ({run} fields are
@@ -52,9 +57,9 @@ def face_chain(scale: float = 1.0) -> List[Stage]:
     return [
         Stage("sketch", os.path.join(TOY, "sketch_vqgan.yaml"), s(200)),
         Stage("ts1", os.path.join(TOY, "tsvqgan_face.yaml"), s(250), ("model.params.use_masks=false",)),
-        Stage("ts2", os.path.join(TOY, "tsvqgan_face.yaml"), s(150), ("model.params.ckpt_path={ts1}",)),
-        Stage("ilat", os.path.join(TOY, "ilat.yaml"), s(350), stages),
-        Stage("taming", os.path.join(TOY, "taming.yaml"), s(350), stages),
+        Stage("ts2", os.path.join(TOY, "tsvqgan_face.yaml"), s(150), ("model.params.ckpt_path={ts1}", GAN_FROM_START)),
+        Stage("ilat", os.path.join(TOY, "ilat.yaml"), s(560), stages),
+        Stage("taming", os.path.join(TOY, "taming.yaml"), s(560), stages),
     ]
 
 
@@ -68,10 +73,10 @@ def pose_chain(scale: float = 1.0) -> List[Stage]:
     return [
         Stage("pose_vq", config("tsvqgan_pose"), s(200), ("model.params.use_masks=false",)),
         Stage("pose_ts", config("tsvqgan_pose"), s(150), ("model.params.ckpt_path={pose_vq}",)),
-        Stage("pose_ilat", config("ilat_pose"), s(400), (stage,)),
-        Stage("pose_ilat_star", config("ilat_pose"), s(400),
+        Stage("pose_ilat", config("ilat_pose"), s(700), (stage,)),
+        Stage("pose_ilat_star", config("ilat_pose"), s(700),
               (stage, "model.params.first_stage_config.target=ilat_ext.models.VQModel")),
-        Stage("pose_taming", config("taming_pose"), s(400), (stage,)),
+        Stage("pose_taming", config("taming_pose"), s(700), (stage,)),
     ]
 
 

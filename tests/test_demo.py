@@ -107,3 +107,30 @@ def test_ceiling_edit_puts_the_donor_codes_in_the_mask_and_nothing_else():
         kept = demo.ceiling_edit(model, x, empty, donor)
         torch.testing.assert_close(kept, demo.ceiling_edit(model, x, empty, other), atol=0, rtol=0)
         torch.testing.assert_close(kept, fs.decode(model.encode_target(x, empty)[1]), atol=1e-4, rtol=0)
+
+
+def _stage_config(stage: "demo.Stage"):
+    """The stage's config with its overrides applied ({run} placeholders left out)."""
+    from omegaconf import OmegaConf
+
+    overrides = [o for o in stage.overrides if "{" not in o]
+    return OmegaConf.merge(OmegaConf.load(stage.config), OmegaConf.from_dotlist(overrides))
+
+
+def test_demo_stages_use_their_whole_schedule():
+    """Each first stage of the face demo reaches its GAN term well before its last step (the toy
+    runs were once shorter than disc_start, so the GAN never switched on and the images stayed
+    blurs; stage 2 restarts the step count, so its GAN is on from step 0), and each transformer
+    stage of both demos decays its learning rate to 0 at the stage's own last step."""
+    for stage in demo.face_chain():
+        loss = _stage_config(stage).model.params.get("lossconfig", {}).get("params", {})
+        if "disc_start" in loss:
+            assert loss.disc_start <= stage.steps // 2, (stage.name, loss.disc_start, stage.steps)
+    ts2 = next(s for s in demo.face_chain() if s.name == "ts2")
+    assert _stage_config(ts2).model.params.lossconfig.params.disc_start == 0
+    transformers = [s for s in demo.face_chain() + demo.pose_chain() if "transformer_config" in
+                    _stage_config(s).model.params]
+    assert [s.name for s in transformers] == ["ilat", "taming", "pose_ilat", "pose_ilat_star", "pose_taming"]
+    for stage in transformers:
+        params = _stage_config(stage).model.params
+        assert params.decay_steps == "max_steps" and params.warmup_steps < stage.steps // 4, stage.name

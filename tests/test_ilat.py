@@ -600,6 +600,39 @@ def test_optimizer_groups_and_warmup_decay_schedule(backbone_name):
     assert lrs == pytest.approx([1e-3 * f for f in expected])
 
 
+def test_decay_steps_can_follow_the_trainers_max_steps():
+    """decay_steps: max_steps decays to 0 at the attached trainer's max_steps (what --max_steps sets),
+    the same factors as the number itself; without a usable max_steps it says what to do."""
+    from types import SimpleNamespace
+
+    def factors(model, n):
+        out = model.configure_optimizers()
+        optimizer, scheduler = out["optimizer"], out["lr_scheduler"]["scheduler"]
+        lrs = []
+        for _ in range(n):
+            lrs.append(optimizer.param_groups[0]["lr"])
+            optimizer.step()
+            scheduler.step()
+        return lrs
+
+    follow = _build(warmup_steps=2, decay_steps="max_steps")
+    follow._trainer = SimpleNamespace(max_steps=8)
+    assert factors(follow, 10) == pytest.approx(factors(_build(warmup_steps=2, decay_steps=8), 10))
+    assert factors(follow, 10)[-2:] == [0.0, 0.0] and factors(follow, 10)[2] == pytest.approx(1e-3)
+    follow._trainer = SimpleNamespace(max_steps=2)        # no longer than the warm-up: never leaves it
+    assert factors(follow, 4) == pytest.approx(factors(_build(warmup_steps=2, decay_steps=3), 4))
+    for max_steps, needle in ((-1, "max_steps is -1"), (0, "max_steps is 0"), (None, "no trainer")):
+        follow._trainer = None if max_steps is None else SimpleNamespace(max_steps=max_steps)
+        with pytest.raises(ValueError, match=needle):
+            follow.configure_optimizers()
+
+
+@pytest.mark.parametrize("warmup, decay", [(-1, None), (1.5, None), (4, 4), (4, 2), (0, "max"), (0, 2.0), (0, True)])
+def test_bad_schedules_are_refused(warmup, decay):
+    with pytest.raises(ValueError, match="warmup_steps|decay_steps"):
+        _build(warmup_steps=warmup, decay_steps=decay)
+
+
 # ============================================================================ grid position init
 def _first_grid_row(model, n_cond: int, extra=None) -> int:
     """The transformer position whose output predicts grid cell 0, from the model's own sequence

@@ -27,7 +27,9 @@ checkpoints load. What differs, and why:
 import hashlib
 import math
 from dataclasses import dataclass
-from typing import Any, Dict, Iterator, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, Mapping, Optional, Sequence, Tuple, Union
+
+import numpy as np
 
 import torch
 import torch.nn.functional as F
@@ -129,6 +131,22 @@ def warmup_linear_decay(step: int, warmup_steps: int = 0, decay_steps: Optional[
     return max(0.0, (decay_steps - step) / max(1, decay_steps - warmup_steps))
 
 
+FOLLOW_MAX_STEPS = "max_steps"
+
+
+def check_schedule(warmup_steps, decay_steps) -> Tuple[int, Union[int, str, None]]:
+    """Validated (warmup_steps, decay_steps) of `warmup_linear_decay`. decay_steps may also be
+    "max_steps": decay to 0 at the trainer's max_steps (so `--max_steps N` fits the schedule to N)."""
+    if isinstance(warmup_steps, bool) or not isinstance(warmup_steps, (int, np.integer)) or warmup_steps < 0:
+        raise ValueError(f"warmup_steps must be an integer >= 0, got {warmup_steps!r}")
+    if decay_steps is None or decay_steps == FOLLOW_MAX_STEPS:
+        return int(warmup_steps), decay_steps
+    if isinstance(decay_steps, bool) or not isinstance(decay_steps, (int, np.integer)) or decay_steps <= warmup_steps:
+        raise ValueError(f"decay_steps must be None, {FOLLOW_MAX_STEPS!r} or an integer above warmup_steps "
+                         f"({warmup_steps}), got {decay_steps!r}")
+    return int(warmup_steps), int(decay_steps)
+
+
 def position_codes(y: torch.Tensor, x: torch.Tensor, dim: int, cells: int, std: float = 0.02) -> torch.Tensor:
     """2D sinusoidal codes (..., dim) of points at NORMALISED image coordinates y, x (..., in [0, 1]):
     half the channels encode y, half x, each as sin/cos pairs with wavelengths from 2 cells of a
@@ -196,8 +214,9 @@ class TamingTransformer(CheckpointMixin, _UpstreamNet2Net):
                  cond_stage_key: str = "depth", downsample_cond_size: int = -1, pkeep: float = 1.0,
                  sos_token: int = 0, learning_rate: Optional[float] = None, weight_decay: float = 0.01,
                  betas: Tuple[float, float] = (0.9, 0.95), mask_key: str = "mask", warmup_steps: int = 0,
-                 decay_steps: Optional[int] = None, pos_emb_init: Optional[str] = None,
+                 decay_steps: Union[int, str, None] = None, pos_emb_init: Optional[str] = None,
                  aligned_condition: bool = False):
+        warmup_steps, decay_steps = check_schedule(warmup_steps, decay_steps)
         if pos_emb_init not in POS_EMB_INITS:
             raise ValueError(f"pos_emb_init must be one of {POS_EMB_INITS}, got {pos_emb_init!r}")
         self.be_unconditional = cond_stage_config == "__is_unconditional__"
@@ -211,7 +230,7 @@ class TamingTransformer(CheckpointMixin, _UpstreamNet2Net):
         self.weight_decay = float(weight_decay)
         self.betas = tuple(betas)
         self.mask_key = mask_key
-        self.warmup_steps, self.decay_steps = int(warmup_steps), decay_steps
+        self.warmup_steps, self.decay_steps = warmup_steps, decay_steps
         self.token_latent_shape: Optional[Tuple[int, int]] = None  # (h, w) from a checked token file
         self._checked_token_datasets = set()
         self.pos_emb_init = pos_emb_init
@@ -336,9 +355,23 @@ class TamingTransformer(CheckpointMixin, _UpstreamNet2Net):
         optimizer = torch.optim.AdamW(groups, lr=self.learning_rate, betas=self.betas)
         if self.warmup_steps <= 0 and self.decay_steps is None:
             return optimizer
-        factor = lambda step: warmup_linear_decay(step, self.warmup_steps, self.decay_steps)  # noqa: E731
+        decay_steps = self.decay_steps
+        if decay_steps == FOLLOW_MAX_STEPS:
+            decay_steps = self._trainer_max_steps()
+        factor = lambda step: warmup_linear_decay(step, self.warmup_steps, decay_steps)  # noqa: E731
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def _trainer_max_steps(self) -> int:
+        """The trainer's max_steps, for `decay_steps: max_steps` (a run no longer than the warm-up
+        never leaves it); a clear error where there is none."""
+        trainer = getattr(self, "_trainer", None)
+        max_steps = None if trainer is None else trainer.max_steps
+        if max_steps is None or max_steps <= 0:
+            got = "no trainer is attached" if max_steps is None else f"the trainer's max_steps is {max_steps}"
+            raise ValueError(f"decay_steps: {FOLLOW_MAX_STEPS} decays the learning rate to 0 at the trainer's "
+                             f"max_steps, but {got}; pass --max_steps or set decay_steps to a number")
+        return max(int(max_steps), self.warmup_steps + 1)
 
     # ------------------------------------------------------------------ editing
     layout = "taming"  # condition tokens first, no start tokens (upstream's sequence)

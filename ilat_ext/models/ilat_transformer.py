@@ -26,7 +26,7 @@ Training from stored tokens (`scripts/quantize_dataset.py`): a batch with "z_ind
 with its mask), "token_mask" (M_q) and "c_indices" goes through `forward_tokens`, the part of
 `forward` after encoding, so the frozen stages do not run at each step.
 """
-from typing import Optional, Sequence, Tuple
+from typing import Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -62,8 +62,8 @@ class ILATTransformer(TamingTransformer):
                  cond_stage_key: str = "sketch", mask_key: str = "mask", layout: str = "start",
                  lm_rate: float = 0.0, downsample_cond_size: int = -1, sos_token: int = 0,
                  learning_rate: Optional[float] = None, weight_decay: float = 0.01,
-                 betas: Tuple[float, float] = (0.9, 0.95), warmup_steps: int = 0, decay_steps: Optional[int] = None,
-                 baseline_config=None, pos_emb_init: Optional[str] = None, aligned_condition: bool = False):
+                 betas: Tuple[float, float] = (0.9, 0.95), warmup_steps: int = 0,
+                 decay_steps: Union[int, str, None] = None, baseline_config=None, pos_emb_init: Optional[str] = None, aligned_condition: bool = False):
         if layout not in LA_LAYOUTS:
             raise ValueError(f"layout must be one of {LA_LAYOUTS}, got {layout!r}")
         if not 0.0 <= float(lm_rate) <= 1.0:

@@ -19,7 +19,7 @@ offers `sample_edit` (Taming's edit: everything from the first masked token on, 
 iLAT* (paper Table 1: without two-stream convolutions) is this class with a plain `VQModel` first
 stage.
 """
-from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -57,7 +57,7 @@ class PoseILATTransformer(ILATTransformer):
                  mask_kwargs: Optional[Mapping[str, Any]] = None, downsample_cond_size: int = -1,
                  sos_token: int = 0, learning_rate: Optional[float] = None, weight_decay: float = 0.01,
                  betas: Tuple[float, float] = (0.9, 0.95), warmup_steps: int = 0,
-                 decay_steps: Optional[int] = None, baseline_config=None, pos_emb_init: Optional[str] = None,
+                 decay_steps: Union[int, str, None] = None, baseline_config=None, pos_emb_init: Optional[str] = None,
                  joint_position_codes: bool = False, aligned_condition: bool = False):
         super().__init__(transformer_config, first_stage_config, cond_stage_config, permuter_config=permuter_config,
                          ckpt_path=None, first_stage_key=first_stage_key, cond_stage_key=cond_stage_key,
