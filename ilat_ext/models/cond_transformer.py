@@ -27,9 +27,8 @@ checkpoints load. What differs, and why:
 import hashlib
 import math
 from dataclasses import dataclass
+from numbers import Integral
 from typing import Any, Dict, Iterator, Mapping, Optional, Sequence, Tuple, Union
-
-import numpy as np
 
 import torch
 import torch.nn.functional as F
@@ -137,11 +136,11 @@ FOLLOW_MAX_STEPS = "max_steps"
 def check_schedule(warmup_steps, decay_steps) -> Tuple[int, Union[int, str, None]]:
     """Validated (warmup_steps, decay_steps) of `warmup_linear_decay`. decay_steps may also be
     "max_steps": decay to 0 at the trainer's max_steps (so `--max_steps N` fits the schedule to N)."""
-    if isinstance(warmup_steps, bool) or not isinstance(warmup_steps, (int, np.integer)) or warmup_steps < 0:
+    if isinstance(warmup_steps, bool) or not isinstance(warmup_steps, Integral) or warmup_steps < 0:
         raise ValueError(f"warmup_steps must be an integer >= 0, got {warmup_steps!r}")
     if decay_steps is None or decay_steps == FOLLOW_MAX_STEPS:
         return int(warmup_steps), decay_steps
-    if isinstance(decay_steps, bool) or not isinstance(decay_steps, (int, np.integer)) or decay_steps <= warmup_steps:
+    if isinstance(decay_steps, bool) or not isinstance(decay_steps, Integral) or decay_steps <= warmup_steps:
         raise ValueError(f"decay_steps must be None, {FOLLOW_MAX_STEPS!r} or an integer above warmup_steps "
                          f"({warmup_steps}), got {decay_steps!r}")
     return int(warmup_steps), int(decay_steps)

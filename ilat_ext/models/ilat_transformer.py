@@ -63,7 +63,8 @@ class ILATTransformer(TamingTransformer):
                  lm_rate: float = 0.0, downsample_cond_size: int = -1, sos_token: int = 0,
                  learning_rate: Optional[float] = None, weight_decay: float = 0.01,
                  betas: Tuple[float, float] = (0.9, 0.95), warmup_steps: int = 0,
-                 decay_steps: Union[int, str, None] = None, baseline_config=None, pos_emb_init: Optional[str] = None, aligned_condition: bool = False):
+                 decay_steps: Union[int, str, None] = None, baseline_config=None,
+                 pos_emb_init: Optional[str] = None, aligned_condition: bool = False):
         if layout not in LA_LAYOUTS:
             raise ValueError(f"layout must be one of {LA_LAYOUTS}, got {layout!r}")
         if not 0.0 <= float(lm_rate) <= 1.0:

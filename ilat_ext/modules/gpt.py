@@ -26,9 +26,9 @@ S = E + T: the embeddings come first (minGPT's convention). `pos_features` are p
 by sequence POSITION (P > every position used), added to the input at each position like the
 position embedding; a model's aligned condition (`TamingTransformer(aligned_condition=True)`) comes
 this way, so a sampler that visits positions in any order adds the same features as training.
-Without a mask the attention is
-causal. With a cache, S_keys = cache.length + S: the cached keys first, in the order they were
-appended, then the new ones; the new keys/values are appended to the cache.
+Without a mask the attention is causal. With a cache, S_keys = cache.length + S: the cached keys
+first, in the order they were appended, then the new ones; the new keys/values are appended to the
+cache.
 """
 from types import SimpleNamespace
 from typing import List, Optional, Tuple
