@@ -776,3 +776,59 @@ def test_aligned_condition_refuses_what_it_cannot_align():
     with pytest.raises(ValueError, match="pos_features of shape"):
         sample_tokens(model.transformer, z, gen, causal, torch.arange(S)[None] >= 63,
                       prefix=torch.zeros(1, 64, dtype=torch.long), pos_features=torch.zeros(1, S - 1, 32))
+
+
+@pytest.mark.parametrize("cls", [TamingTransformer, ILATTransformer])
+def test_aligned_kernel_adds_the_condition_cells_around_cell_j(batch, cls):
+    """`aligned_kernel: 3`: the feature of the row predicting cell (r, q) is aligned_emb(c_rq) plus a
+    3x3 convolution of the aligned embeddings around (r, q), zero padded (brute-force reference). The
+    convolution starts at zero (the k = 1 features), is trained and decayed, and the KV-cached
+    decoding adds the same features as training (cached == teacher-forced logits)."""
+    plain = _build(cls=cls, aligned_condition=True)
+    model = _build(cls=cls, aligned_condition=True, aligned_kernel=3)
+    x, c, mask = batch
+    _, c_idx = model.encode_to_c(c)
+    side, L = IMG // FACTOR, (IMG // FACTOR) ** 2
+    first_row = _first_grid_row(model, c_idx.shape[1])
+    with torch.no_grad():
+        torch.testing.assert_close(model.position_features(c_idx, first_row + 1, L),
+                                   plain.position_features(c_idx, first_row + 1, L), rtol=0, atol=0)
+        model.aligned_conv.weight.normal_(std=0.05)
+        model.aligned_conv.bias.normal_(std=0.05)
+        features = model.position_features(c_idx, first_row + 1, L)
+    emb, weight, bias = model.aligned_emb.weight, model.aligned_conv.weight, model.aligned_conv.bias
+    assert torch.count_nonzero(features[:, :first_row]) == 0
+    for b in range(3):
+        for j in range(L):
+            r, q = divmod(j, side)
+            want = emb[c_idx[b, j]] + bias
+            for dr in (-1, 0, 1):
+                for dq in (-1, 0, 1):
+                    if 0 <= r + dr < side and 0 <= q + dq < side:
+                        want = want + weight[:, :, dr + 1, dq + 1] @ emb[c_idx[b, (r + dr) * side + q + dq]]
+            torch.testing.assert_close(features[b, first_row + j], want, rtol=0, atol=1e-6)
+    with torch.no_grad():
+        if cls is TamingTransformer:
+            r = model.sample_edit(x, mask, c, return_logits=True)
+            tf = _teacher_forced_model(model, r.indices, c, lambda n: None)
+        else:
+            r = model.sample_local(x, mask, c, return_logits=True)
+            tf = _teacher_forced_model(model, r.indices, c, lambda n: la_attention_mask(r.token_mask, n, model.layout))
+    generated = r.token_mask if cls is ILATTransformer else r.logits.abs().sum(-1) > 0
+    assert generated.any()
+    torch.testing.assert_close(r.logits[generated], tf[generated], atol=1e-4, rtol=0)
+    from ilat_ext.models.cond_transformer import transformer_param_groups
+    groups = transformer_param_groups(model, 0.01)
+    assert id(model.aligned_conv.weight) in {id(p) for p in groups[0]["params"]}      # decayed
+    assert id(model.aligned_conv.bias) in {id(p) for p in groups[1]["params"]}
+
+
+@pytest.mark.parametrize("kernel", [0, 2, -3, True, 3.0, "3"])
+def test_bad_aligned_kernels_are_refused(kernel):
+    with pytest.raises(ValueError, match="aligned_kernel must be an odd integer"):
+        _build(aligned_condition=True, aligned_kernel=kernel)
+
+
+def test_aligned_kernel_needs_the_aligned_condition():
+    with pytest.raises(ValueError, match="needs aligned_condition"):
+        _build(aligned_kernel=3)

@@ -214,8 +214,13 @@ class TamingTransformer(CheckpointMixin, _UpstreamNet2Net):
                  sos_token: int = 0, learning_rate: Optional[float] = None, weight_decay: float = 0.01,
                  betas: Tuple[float, float] = (0.9, 0.95), mask_key: str = "mask", warmup_steps: int = 0,
                  decay_steps: Union[int, str, None] = None, pos_emb_init: Optional[str] = None,
-                 aligned_condition: bool = False):
+                 aligned_condition: bool = False, aligned_kernel: int = 1):
         warmup_steps, decay_steps = check_schedule(warmup_steps, decay_steps)
+        if isinstance(aligned_kernel, bool) or not isinstance(aligned_kernel, Integral) or aligned_kernel < 1 \
+                or aligned_kernel % 2 == 0:
+            raise ValueError(f"aligned_kernel must be an odd integer >= 1, got {aligned_kernel!r}")
+        if aligned_kernel > 1 and not aligned_condition:
+            raise ValueError(f"aligned_kernel {aligned_kernel} needs aligned_condition: true")
         if pos_emb_init not in POS_EMB_INITS:
             raise ValueError(f"pos_emb_init must be one of {POS_EMB_INITS}, got {pos_emb_init!r}")
         self.be_unconditional = cond_stage_config == "__is_unconditional__"
@@ -236,6 +241,7 @@ class TamingTransformer(CheckpointMixin, _UpstreamNet2Net):
         if pos_emb_init == "grid":
             self.init_grid_positions()
         self.aligned_emb = self._aligned_embedding() if aligned_condition else None
+        self.aligned_conv = self._aligned_context(int(aligned_kernel)) if aligned_kernel > 1 else None
         if ckpt_path is not None:
             self.init_from_ckpt(ckpt_path, ignore_keys=ignore_keys)
 
@@ -261,7 +267,20 @@ class TamingTransformer(CheckpointMixin, _UpstreamNet2Net):
                              f"stage gives {cond}, the first stage {grid}")
         emb = nn.Embedding(int(self.cond_stage_model.quantize.n_e), self.transformer.n_embd)
         nn.init.normal_(emb.weight, std=0.02)
+        self.aligned_grid = grid
         return emb
+
+    def _aligned_context(self, kernel: int) -> nn.Conv2d:
+        """`aligned_kernel: k` (k > 1): the aligned feature of cell j also sees the condition cells
+        around it: `aligned_emb(c) + conv_kxk(aligned_emb(c))` on the (h, w) grid, the residual conv
+        starting at zero (so training starts from k = 1). The row predicting cell j then knows the
+        strokes right of and below j, which the autoregressive order has not reached yet; the
+        condition is known in full, so nothing leaks. An addition of ours, off by default."""
+        n_embd = self.transformer.n_embd
+        conv = nn.Conv2d(n_embd, n_embd, kernel, padding=kernel // 2)
+        nn.init.zeros_(conv.weight)
+        nn.init.zeros_(conv.bias)
+        return conv
 
     def position_features(self, c_idx: torch.Tensor, n_pre: int, n_grid: int) -> Optional[torch.Tensor]:
         """The backbone's `pos_features` for a sequence of n_pre leading positions and n_grid grid
@@ -272,6 +291,10 @@ class TamingTransformer(CheckpointMixin, _UpstreamNet2Net):
         if c_idx.shape[1] != n_grid:
             raise ValueError(f"aligned_condition: {c_idx.shape[1]} condition tokens for {n_grid} grid tokens")
         aligned = self.aligned_emb(c_idx.long())                                      # (B, L, C)
+        if self.aligned_conv is not None:
+            h, w = self.aligned_grid
+            grid = aligned.transpose(1, 2).reshape(aligned.shape[0], -1, h, w)          # (B, C, h, w)
+            aligned = aligned + self.aligned_conv(grid).flatten(2).transpose(1, 2)
         return F.pad(aligned, (0, 0, n_pre - 1, 0))
 
     def forward(self, x: torch.Tensor, c: torch.Tensor):

@@ -64,7 +64,8 @@ class ILATTransformer(TamingTransformer):
                  learning_rate: Optional[float] = None, weight_decay: float = 0.01,
                  betas: Tuple[float, float] = (0.9, 0.95), warmup_steps: int = 0,
                  decay_steps: Union[int, str, None] = None, baseline_config=None,
-                 pos_emb_init: Optional[str] = None, aligned_condition: bool = False):
+                 pos_emb_init: Optional[str] = None, aligned_condition: bool = False,
+                 aligned_kernel: int = 1):
         if layout not in LA_LAYOUTS:
             raise ValueError(f"layout must be one of {LA_LAYOUTS}, got {layout!r}")
         if not 0.0 <= float(lm_rate) <= 1.0:
@@ -75,7 +76,7 @@ class ILATTransformer(TamingTransformer):
                          downsample_cond_size=downsample_cond_size, sos_token=sos_token,
                          learning_rate=learning_rate, weight_decay=weight_decay, betas=betas, mask_key=mask_key,
                          warmup_steps=warmup_steps, decay_steps=decay_steps, pos_emb_init=pos_emb_init,
-                         aligned_condition=aligned_condition)
+                         aligned_condition=aligned_condition, aligned_kernel=aligned_kernel)
         self.lm_rate = float(lm_rate)
         n_embd = self.transformer.n_embd
         n_codes = self.first_stage_model.quantize.n_e

@@ -58,14 +58,15 @@ class PoseILATTransformer(ILATTransformer):
                  sos_token: int = 0, learning_rate: Optional[float] = None, weight_decay: float = 0.01,
                  betas: Tuple[float, float] = (0.9, 0.95), warmup_steps: int = 0,
                  decay_steps: Union[int, str, None] = None, baseline_config=None, pos_emb_init: Optional[str] = None,
-                 joint_position_codes: bool = False, aligned_condition: bool = False):
+                 joint_position_codes: bool = False, aligned_condition: bool = False,
+                 aligned_kernel: int = 1):
         super().__init__(transformer_config, first_stage_config, cond_stage_config, permuter_config=permuter_config,
                          ckpt_path=None, first_stage_key=first_stage_key, cond_stage_key=cond_stage_key,
                          mask_key=mask_key, layout="start", lm_rate=lm_rate,
                          downsample_cond_size=downsample_cond_size, sos_token=sos_token,
                          learning_rate=learning_rate, weight_decay=weight_decay, betas=betas,
                          warmup_steps=warmup_steps, decay_steps=decay_steps, baseline_config=baseline_config,
-                         pos_emb_init=pos_emb_init, aligned_condition=aligned_condition)
+                         pos_emb_init=pos_emb_init, aligned_condition=aligned_condition, aligned_kernel=aligned_kernel)
         self.pose_key = pose_key
         self.mask_kwargs = dict(mask_kwargs or {})
         self.point_mlp = PointMLP(self.transformer.n_embd, NUM_JOINTS, 3, pointmlp_hidden, joint_embedding)
