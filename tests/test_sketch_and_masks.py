@@ -342,9 +342,49 @@ def test_mask_source_determinism_and_streams():
     assert not np.array_equal(partial.sample(0, 32, 32), other_seed.sample(0, 32, 32))
 
 
+def test_box_masks_are_one_rectangle_in_the_area_range():
+    from ilat_ext.data.masks import box_mask
+    rng = np.random.default_rng(0)
+    tops, shapes = set(), set()
+    for _ in range(200):
+        m = box_mask(48, 64, rng, area_range=(0.05, 0.3), aspect_range=(0.5, 2.0))
+        rows, cols = np.nonzero(m)
+        top, bottom, left, right = rows.min(), rows.max() + 1, cols.min(), cols.max() + 1
+        assert m.dtype == np.float32 and set(np.unique(m)) == {0.0, 1.0}
+        assert m[top:bottom, left:right].all() and m.sum() == (bottom - top) * (right - left)   # one filled box
+        assert 0.05 <= m.mean() <= 0.3
+        assert 0.5 / 1.2 <= (right - left) / (bottom - top) <= 2.0 * 1.2 or right - left == 64 or bottom - top == 48
+        tops.add(int(top))
+        shapes.add((int(bottom - top), int(right - left)))
+    assert len(tops) > 20 and len(shapes) > 50                       # placed and shaped at random
+    with pytest.raises(RuntimeError, match="no 4 x 4 box"):
+        box_mask(4, 4, rng, area_range=(0.3, 0.31))
+    with pytest.raises(ValueError, match="aspect_range"):
+        box_mask(8, 8, rng, aspect_range=(2.0, 1.0))
+
+
+def test_box_ratio_mixes_boxes_into_the_generated_partial_masks():
+    plain = MaskSource(mode_probs={"partial": 0.7, "full": 0.3}, seed=4)
+    zero = MaskSource(mode_probs={"partial": 0.7, "full": 0.3}, seed=4, box_ratio=0.0)
+    assert all(np.array_equal(plain.sample(i, 32, 32), zero.sample(i, 32, 32)) for i in range(30))
+    src = MaskSource(mode_probs={"partial": 0.7, "full": 0.3}, seed=4, box_ratio=0.4)
+    kinds = [src.draw(src.rng(i), 32, 32)[1] for i in range(600)]
+    partial = [k for k in kinds if k != "full"]
+    assert set(partial) == {"box", "free_form"}
+    assert abs(partial.count("box") / len(partial) - 0.4) < 0.07
+    assert abs(kinds.count("full") / len(kinds) - 0.3) < 0.06
+    for i, kind in enumerate(kinds[:60]):
+        if kind == "box":
+            m = src.sample(i, 32, 32)
+            rows, cols = np.nonzero(m)
+            assert m[rows.min():rows.max() + 1, cols.min():cols.max() + 1].all() and 0.05 <= m.mean() <= 0.3
+
+
 @pytest.mark.parametrize(
     "kwargs, match",
     [
+        (dict(box_ratio=-0.1), "box_ratio"),
+        (dict(box_ratio="half"), "box_ratio"),
         (dict(file_ratio=1.5), "file_ratio"),
         (dict(seed=-1), "seed"),
         (dict(mode_probs={"partial": 0.5, "ful": 0.5}), "'ful'"),

@@ -67,7 +67,7 @@ from tqdm.auto import tqdm
 
 from ilat_ext.data.folder import find_images, read_flist
 from ilat_ext.data.image_files import write_image_atomic
-from ilat_ext.data.masks import DEFAULT_AREA_RANGE, DEFAULT_MODE_PROBS, free_form_mask, sample_mask_mode
+from ilat_ext.data.masks import DEFAULT_AREA_RANGE, DEFAULT_MODE_PROBS, box_mask, free_form_mask, sample_mask_mode
 from ilat_ext.data.masks import validate_area_range, validate_mode_probs
 from ilat_ext.util import instantiate_from_config
 
@@ -175,6 +175,9 @@ class MaskSource:
         seed: non-negative integer; with the stream and index it fixes each mask.
         invert: file masks mark the region to edit in black instead of white.
         max_file_attempts: files tried for one mask before falling back to a free-form mask.
+        box_ratio: probability that a generated partial mask is a box (`box_mask`, area in
+            `free_form_area`) instead of brush strokes; 0 (the default) draws exactly the masks
+            of a source without the option.
         mask_sets: several mask file sets, each `{mask_files, mask_list, weight, invert, name}`
             (see `build_mask_set`). A partial mask from files first picks a set with probability
             proportional to `weight` (default 1: equal shares), then a file of that set. The
@@ -194,8 +197,16 @@ class MaskSource:
         invert: bool = False,
         max_file_attempts: int = 8,
         mask_sets: Optional[Sequence[Mapping]] = None,
+        box_ratio: float = 0.0,
     ):
         self.free_form_area = validate_area_range(free_form_area)
+        try:
+            box_ratio = float(box_ratio)
+        except (TypeError, ValueError):
+            raise ValueError(f"box_ratio must be a number in [0, 1], got {box_ratio!r}") from None
+        if not 0.0 <= box_ratio <= 1.0:
+            raise ValueError(f"box_ratio must be in [0, 1], got {box_ratio!r}")
+        self.box_ratio = box_ratio
         self.mode_probs = validate_mode_probs(DEFAULT_MODE_PROBS if mode_probs is None else mode_probs)
         try:
             file_ratio = float(file_ratio)
@@ -247,7 +258,7 @@ class MaskSource:
         return self.draw(self.rng(index, stream), height, width)[0]
 
     def draw(self, rng: np.random.Generator, height: int, width: int) -> Tuple[np.ndarray, str]:
-        """A mask from `rng` and where it came from: "empty", "full", "free_form" or a file path."""
+        """A mask from `rng` and where it came from: "empty", "full", "free_form", "box" or a file path."""
         for name, value in (("height", height), ("width", width)):
             if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
@@ -271,6 +282,8 @@ class MaskSource:
                 if rng.random() < 0.5:
                     mask = mask[::-1, :]
                 return np.ascontiguousarray(mask), path
+        if self.box_ratio > 0 and rng.random() < self.box_ratio:
+            return box_mask(height, width, rng, area_range=self.free_form_area), "box"
         return free_form_mask(height, width, rng, area_range=self.free_form_area), "free_form"
 
     def _pick_set(self, rng: np.random.Generator) -> MaskSet:
@@ -298,7 +311,7 @@ class MaskSource:
         return (
             f"{type(self).__name__}(free_form_area={self.free_form_area}, mode_probs={self.mode_probs}, "
             f"mask_files={self.mask_files!r}, mask_list={self.mask_list!r}, file_ratio={self.file_ratio}, "
-            f"seed={self.seed}, invert={self.invert}; {len(self.paths)} files"
+            f"seed={self.seed}, invert={self.invert}, box_ratio={self.box_ratio}; {len(self.paths)} files"
             + "".join(f"; set {m.name!r}: {len(m.paths)} files, p={p:.3g}, invert={m.invert}"
                       for m, p in zip(self.mask_sets, self.set_probs))
             + ")"
