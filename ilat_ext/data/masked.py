@@ -120,6 +120,16 @@ def _check_seed(name: str, value) -> int:
     return int(value)
 
 
+def _check_probability(name: str, value) -> float:
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a number in [0, 1], got {value!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"{name} must be in [0, 1], got {value!r}")
+    return value
+
+
 @dataclass(frozen=True)
 class MaskSet:
     """One set of mask files (e.g. the irregular masks, or the segmentation masks) and its share."""
@@ -200,21 +210,9 @@ class MaskSource:
         box_ratio: float = 0.0,
     ):
         self.free_form_area = validate_area_range(free_form_area)
-        try:
-            box_ratio = float(box_ratio)
-        except (TypeError, ValueError):
-            raise ValueError(f"box_ratio must be a number in [0, 1], got {box_ratio!r}") from None
-        if not 0.0 <= box_ratio <= 1.0:
-            raise ValueError(f"box_ratio must be in [0, 1], got {box_ratio!r}")
-        self.box_ratio = box_ratio
+        self.box_ratio = _check_probability("box_ratio", box_ratio)
         self.mode_probs = validate_mode_probs(DEFAULT_MODE_PROBS if mode_probs is None else mode_probs)
-        try:
-            file_ratio = float(file_ratio)
-        except (TypeError, ValueError):
-            raise ValueError(f"file_ratio must be a number in [0, 1], got {file_ratio!r}") from None
-        if not 0.0 <= file_ratio <= 1.0:
-            raise ValueError(f"file_ratio must be in [0, 1], got {file_ratio!r}")
-        self.file_ratio = file_ratio
+        self.file_ratio = _check_probability("file_ratio", file_ratio)
         self.seed = _check_seed("seed", seed)
         if not isinstance(invert, bool):
             raise ValueError(f"invert must be True or False, got {invert!r}")
