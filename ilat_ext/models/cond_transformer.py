@@ -284,7 +284,8 @@ class TamingTransformer(CheckpointMixin, _UpstreamNet2Net):
 
     def position_features(self, c_idx: torch.Tensor, n_pre: int, n_grid: int) -> Optional[torch.Tensor]:
         """The backbone's `pos_features` for a sequence of n_pre leading positions and n_grid grid
-        tokens: (B, n_pre + n_grid - 1, C), zero except `aligned_emb(c_j)` at the position that
+        tokens: (B, n_pre + n_grid - 1, C), zero except `aligned_emb(c_j)` (plus, with
+        `aligned_kernel` > 1, the convolution of the embeddings around cell j) at the position that
         predicts grid cell j (n_pre - 1 + j); None without `aligned_condition`."""
         if self.aligned_emb is None:
             return None
