@@ -71,7 +71,7 @@ def pose_chain(scale: float = 1.0) -> List[Stage]:
     stage = "model.params.first_stage_config.params.ckpt_path={pose_ts}"
     config = lambda name: os.path.join(TOY, f"{name}.yaml")  # noqa: E731
     return [
-        Stage("pose_vq", config("tsvqgan_pose"), s(200), ("model.params.use_masks=false",)),
+        Stage("pose_vq", config("tsvqgan_pose"), s(1000), ("model.params.use_masks=false",)),
         Stage("pose_ts", config("tsvqgan_pose"), s(150), ("model.params.ckpt_path={pose_vq}",)),
         Stage("pose_ilat", config("ilat_pose"), s(700), (stage,)),
         Stage("pose_ilat_star", config("ilat_pose"), s(700),

@@ -181,7 +181,7 @@ class ToyPoses(torch.utils.data.Dataset):
         video_index = self._check("video_index", video_index, self.num_videos)
         rng = self._rng(video_index, _VIDEO_STREAM)
         S = self.size
-        h = S * rng.uniform(0.5, 0.68)  # body height unit
+        h = S * rng.uniform(0.6, 0.75)  # body height unit
         u = lambda lo, hi: h * rng.uniform(lo, hi)  # noqa: E731
         params = {
             "h": h,
@@ -190,7 +190,7 @@ class ToyPoses(torch.utils.data.Dataset):
             "shoulder": u(0.09, 0.12), "hip": u(0.06, 0.08),
             "upper_arm": u(0.13, 0.16), "forearm": u(0.12, 0.15), "thigh": u(0.19, 0.23), "shin": u(0.18, 0.22),
             # Line thickness; with the head radius it stays inside the default pose mask.
-            "thick": u(0.065, 0.08),
+            "thick": u(0.1, 0.125),
             "skin": _colour(rng, sat=(0.2, 0.6), val=(0.35, 0.95)),
             "shirt": _colour(rng), "trousers": _colour(rng), "shoes": _colour(rng, val=(0.1, 0.5)),
             "hair": _colour(rng, sat=(0.1, 0.8), val=(0.05, 0.6)),
