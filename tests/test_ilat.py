@@ -6,6 +6,8 @@ Backbone-level tests run on both backbones (`GPT`, and `XTransformer` once
 "taming"). Model-level tests use a tiny TS-VQGAN first stage (32 px -> 8 x 8 latent, 64 tokens) and
 a tiny sketch VQGAN condition stage (64 condition tokens).
 """
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -832,3 +834,119 @@ def test_bad_aligned_kernels_are_refused(kernel):
 def test_aligned_kernel_needs_the_aligned_condition():
     with pytest.raises(ValueError, match="needs aligned_condition"):
         _build(aligned_kernel=3)
+
+
+# ============================================================================ pose map
+def _segment_cover(px, py, ax, ay, bx, by, reach):
+    """max(0, 1 - distance(point, segment ab) / reach), written out with floats."""
+    dx, dy = bx - ax, by - ay
+    length2 = dx * dx + dy * dy
+    t = 0.0 if length2 == 0 else min(1.0, max(0.0, ((px - ax) * dx + (py - ay) * dy) / length2))
+    d = math.hypot(px - (ax + t * dx), py - (ay + t * dy))
+    return max(0.0, 1.0 - d / reach)
+
+
+@pytest.mark.parametrize("h, w, reach", [(8, 8, 1.0), (4, 6, 1.5)])
+def test_limb_map_is_each_limbs_cover_of_the_cell_centres(h, w, reach):
+    """`limb_map` against a loop over cells and limbs; limbs with an invisible end are all zero, and
+    a limb through cell centres covers exactly those cells with 1."""
+    from ilat_ext.data.pose import LIMBS
+    from ilat_ext.models.pose_transformer import limb_map
+
+    g = torch.Generator().manual_seed(3)
+    pose = torch.rand(2, 13, 3, generator=g)
+    pose[..., 2] = 1.0
+    pose[1, 4] = 0.0                                     # r_elbow invisible: both its limbs vanish
+    pose[0, 1, :2] = pose[0, 3, :2]                      # a zero-length limb (l_shoulder = l_elbow)
+    got = limb_map(pose, h, w, reach)
+    assert got.shape == (2, len(LIMBS), h, w)
+    for b in range(2):
+        for k, (a, e) in enumerate(LIMBS):
+            visible = pose[b, a, 2] > 0 and pose[b, e, 2] > 0
+            ax, ay, bx, by = (float(pose[b, a, 0]) * w, float(pose[b, a, 1]) * h,
+                              float(pose[b, e, 0]) * w, float(pose[b, e, 1]) * h)
+            for r in range(h):
+                for q in range(w):
+                    want = _segment_cover(q + 0.5, r + 0.5, ax, ay, bx, by, reach) if visible else 0.0
+                    assert abs(float(got[b, k, r, q]) - want) < 1e-5, (b, k, r, q)
+    assert got[1, [k for k, limb in enumerate(LIMBS) if 4 in limb]].abs().sum() == 0
+    flat = torch.zeros(1, 13, 3)                         # l_shoulder -> l_elbow along row 2's centres
+    flat[0, 1] = torch.tensor([0.5 / w, 2.5 / h, 1.0])
+    flat[0, 3] = torch.tensor([3.5 / w, 2.5 / h, 1.0])
+    limb = limb_map(flat, h, w, 1.0)[0, LIMBS.index((1, 3))]
+    assert torch.equal(limb[2, :4], torch.ones(4)) and limb.sum() == 4
+    with pytest.raises(ValueError, match=r"must be \(B, 13, 3\)"):
+        limb_map(torch.zeros(1, 12, 3), h, w)
+
+
+def test_pose_map_adds_the_skeleton_around_cell_j_to_the_row_predicting_it(batch):
+    """PoseILATTransformer(pose_map=True): the extra features are the 13 landmark features then one
+    per grid cell; only the 13 enter the sequence; the row predicting cell (r, q) gets the 3x3
+    convolution of the limb map around (r, q) (brute-force reference), zero at the start; the cached
+    local edit uses the training forward's logits; the convolution is trained and decayed."""
+    from ilat_ext.data.pose import LIMBS
+    from ilat_ext.models.cond_transformer import transformer_param_groups
+    from ilat_ext.models.pose_transformer import PoseILATTransformer, limb_map
+
+    plain = _build(cls=PoseILATTransformer, aligned_condition=True)
+    model = _build(cls=PoseILATTransformer, aligned_condition=True, pose_map=True)
+    x, c, mask = batch
+    side, L = IMG // FACTOR, (IMG // FACTOR) ** 2
+    pose = torch.rand(3, 13, 3, generator=torch.Generator().manual_seed(5))
+    pose[..., 2] = (pose[..., 2] > 0.2).float()
+    with torch.no_grad():
+        extra, plain_extra = model.pose_features(pose), plain.pose_features(pose)
+        assert extra.shape == (3, 13 + L, 32)
+        torch.testing.assert_close(extra[:, :13], plain_extra, rtol=0, atol=0)
+        assert torch.count_nonzero(extra[:, 13:]) == 0                       # the zero start
+        torch.testing.assert_close(model(x, c, mask, extra)[0], plain(x, c, mask, plain_extra)[0], rtol=0, atol=0)
+        model.pose_map_conv.weight.normal_(std=0.05)
+        model.pose_map_conv.bias.normal_(std=0.05)
+        extra = model.pose_features(pose)
+        _, c_idx = model.encode_to_c(c)
+        emb, prefix, n_cond = model.sequence_inputs(c_idx, extra)
+        assert prefix is None and emb.shape[1] == 1 + L + 13 + 1 and n_cond == 1 + L + 13
+        features = model.position_features(c_idx, emb.shape[1], L, extra)
+        aligned = plain.position_features(c_idx, emb.shape[1], L)
+    first_row = emb.shape[1] - 1
+    cover = limb_map(pose, side, side)
+    weight, bias = model.pose_map_conv.weight, model.pose_map_conv.bias
+    assert weight.shape == (32, len(LIMBS), 3, 3)
+    torch.testing.assert_close(features[:, :first_row], aligned[:, :first_row], rtol=0, atol=0)
+    for b in range(3):
+        for j in range(L):
+            r, q = divmod(j, side)
+            want = aligned[b, first_row + j] + bias
+            for dr in (-1, 0, 1):
+                for dq in (-1, 0, 1):
+                    if 0 <= r + dr < side and 0 <= q + dq < side:
+                        want = want + weight[:, :, dr + 1, dq + 1] @ cover[b, :, r + dr, q + dq]
+            torch.testing.assert_close(features[b, first_row + j], want, rtol=0, atol=1e-5)
+    with torch.no_grad():
+        r = model.sample_local(x, mask, c, extra, return_logits=True)
+        tf, _, _ = model.forward_tokens(r.indices, c_idx, r.token_mask, extra)  # teacher-forced on the result
+        moved = pose.clone()
+        moved[:, :, :2] = 1 - moved[:, :, :2]
+        other = model.pose_features(moved)
+        other[:, :13] = extra[:, :13]                             # only the map differs
+        changed, _, _ = model.forward_tokens(r.indices, c_idx, r.token_mask, other)
+    generated = r.token_mask
+    assert generated.any()
+    torch.testing.assert_close(r.logits[generated], tf[generated][:, :N_CODES], atol=1e-4, rtol=0)
+    assert not torch.allclose(changed[generated], tf[generated], atol=1e-3)
+    groups = transformer_param_groups(model, 0.01)
+    assert id(model.pose_map_conv.weight) in {id(p) for p in groups[0]["params"]}
+    assert id(model.pose_map_conv.bias) in {id(p) for p in groups[1]["params"]}
+
+
+def test_pose_map_refuses_bad_values_and_landmark_only_features(batch):
+    from ilat_ext.models.pose_transformer import PoseILATTransformer
+
+    with pytest.raises(ValueError, match="pose_map must be true or false"):
+        _build(cls=PoseILATTransformer, pose_map="yes")
+    model = _build(cls=PoseILATTransformer, pose_map=True)
+    x, c, mask = batch
+    with pytest.raises(ValueError, match=r"with pose_map the extra features must be \(B, 13 \+ 64, n_embd\)"):
+        model.sample_local(x, mask, c, torch.zeros(3, 13, 32))
+    with pytest.raises(ValueError, match="with pose_map the extra features"):
+        model(x, c, mask, torch.zeros(3, 13, 32))

@@ -282,11 +282,13 @@ class TamingTransformer(CheckpointMixin, _UpstreamNet2Net):
         nn.init.zeros_(conv.bias)
         return conv
 
-    def position_features(self, c_idx: torch.Tensor, n_pre: int, n_grid: int) -> Optional[torch.Tensor]:
+    def position_features(self, c_idx: torch.Tensor, n_pre: int, n_grid: int,
+                          extra: Optional[torch.Tensor] = None) -> Optional[torch.Tensor]:
         """The backbone's `pos_features` for a sequence of n_pre leading positions and n_grid grid
         tokens: (B, n_pre + n_grid - 1, C), zero except `aligned_emb(c_j)` (plus, with
         `aligned_kernel` > 1, the convolution of the embeddings around cell j) at the position that
-        predicts grid cell j (n_pre - 1 + j); None without `aligned_condition`."""
+        predicts grid cell j (n_pre - 1 + j); None without `aligned_condition`. `extra`: the extra
+        condition features of the sequence (the pose model's pose map lives there); unused here."""
         if self.aligned_emb is None:
             return None
         if c_idx.shape[1] != n_grid:
@@ -516,7 +518,7 @@ class TamingTransformer(CheckpointMixin, _UpstreamNet2Net):
         result: SampleResult = sample_tokens(
             self.transformer, z, gen, allowed, sequential, emb, prefix, greedy=greedy, temperature=temperature,
             top_k=top_k, generator=generator, vocab_limit=n_codes, use_cache=use_cache, progress=progress,
-            record_logits=return_logits, pos_features=self.position_features(c_idx, n_pre, m_q.shape[1]))
+            record_logits=return_logits, pos_features=self.position_features(c_idx, n_pre, m_q.shape[1], extra))
         image = self.decode_tokens(result.indices, kept, m_q if mode == "local" else None)
         return EditResult(image, result.indices, gen, result.steps, result.logits)
 

@@ -160,7 +160,7 @@ class ILATTransformer(TamingTransformer):
             weight = torch.where(lm[:, None], torch.ones_like(weight), weight)
         idx = z[:, :-1] if prefix is None else torch.cat([prefix, z[:, :-1]], dim=1)
         n_pre = (0 if emb is None else emb.shape[1]) + (0 if prefix is None else prefix.shape[1])
-        features = self.position_features(c_idx, n_pre, z.shape[1])
+        features = self.position_features(c_idx, n_pre, z.shape[1], extra)
         logits, _ = self.transformer(idx, emb, attn_mask=allowed, pos_features=features)
         return logits[:, n_pre - 1:], z, weight
 

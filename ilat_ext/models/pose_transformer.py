@@ -23,11 +23,36 @@ from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
+from torch import nn
 
-from ilat_ext.data.pose import NUM_JOINTS, check_pose, normalise_pose, pair_mask
+from ilat_ext.data.pose import LIMBS, NUM_JOINTS, check_pose, normalise_pose, pair_mask
 from ilat_ext.models.cond_transformer import EditResult, position_codes, stage_grid
 from ilat_ext.models.ilat_transformer import ILATTransformer
 from ilat_ext.modules.pointmlp import PointMLP
+
+
+def limb_map(pose: torch.Tensor, h: int, w: int, reach: float = 1.0) -> torch.Tensor:
+    """Where the skeleton's limbs are on an h x w token grid: pose (B, 13, 3) normalised [x/W, y/H,
+    visibility] -> (B, len(LIMBS), h, w). Channel k of cell (r, q) is max(0, 1 - d / reach) with d the
+    distance, in cells, from the cell's centre (q + 0.5, r + 0.5) to limb k's segment: 1 on the
+    limb, 0 from `reach` cells away, and 0 everywhere for a limb with an invisible end."""
+    pose = torch.as_tensor(pose, dtype=torch.float32)
+    if pose.dim() != 3 or pose.shape[1:] != (NUM_JOINTS, 3):
+        raise ValueError(f"pose of shape {tuple(pose.shape)} must be (B, {NUM_JOINTS}, 3)")
+    a_idx = torch.tensor([a for a, _ in LIMBS], device=pose.device)
+    b_idx = torch.tensor([b for _, b in LIMBS], device=pose.device)
+    scale = torch.tensor([float(w), float(h)], device=pose.device)
+    a, b = pose[:, a_idx, :2] * scale, pose[:, b_idx, :2] * scale                     # (B, K, 2) in cells
+    visible = (pose[:, a_idx, 2] > 0) & (pose[:, b_idx, 2] > 0)                         # (B, K)
+    ys, xs = torch.meshgrid(torch.arange(h, device=pose.device, dtype=torch.float32) + 0.5,
+                            torch.arange(w, device=pose.device, dtype=torch.float32) + 0.5, indexing="ij")
+    centres = torch.stack([xs, ys], dim=-1).view(1, 1, h * w, 2)                        # (1, 1, L, 2)
+    ab = (b - a)[:, :, None]                                                            # (B, K, 1, 2)
+    t = ((centres - a[:, :, None]) * ab).sum(-1) / (ab * ab).sum(-1).clamp_min(1e-12)
+    nearest = a[:, :, None] + t.clamp(0, 1)[..., None] * ab                             # (B, K, L, 2)
+    distance = (centres - nearest).norm(dim=-1)
+    cover = (1 - distance / reach).clamp_min(0) * visible[..., None]
+    return cover.view(pose.shape[0], len(LIMBS), h, w)
 
 
 class PoseILATTransformer(ILATTransformer):
@@ -43,6 +68,14 @@ class PoseILATTransformer(ILATTransformer):
             cells there with), so "which cells does this limb cross" is a match of codes from the
             first step instead of a map the PointMLP must learn (an addition of ours; the paper
             feeds the coordinates through the MLP only).
+        pose_map: also give the row that predicts grid cell j the target skeleton around cell j: the
+            `limb_map` of the target pose on the token grid (one channel per limb) through a 3 x 3
+            convolution (zero at the start) into transformer-width features, added there as
+            `aligned_condition` adds the condition token. Which cells a limb crosses is then read
+            off the row itself instead of being inferred from 13 landmark features by attention
+            (an addition of ours, off by default; the paper has the PointMLP only). The model's
+            extra condition features are then the 13 landmark features followed by the L map
+            features (`pose_features`); only the 13 enter the sequence.
 
     Defaults follow the pose task: first_stage_key "image" (the target frame), cond_stage_key
     "cond_image" (the condition frame).
@@ -59,7 +92,7 @@ class PoseILATTransformer(ILATTransformer):
                  betas: Tuple[float, float] = (0.9, 0.95), warmup_steps: int = 0,
                  decay_steps: Union[int, str, None] = None, baseline_config=None, pos_emb_init: Optional[str] = None,
                  joint_position_codes: bool = False, aligned_condition: bool = False,
-                 aligned_kernel: int = 1):
+                 aligned_kernel: int = 1, pose_map: bool = False):
         super().__init__(transformer_config, first_stage_config, cond_stage_config, permuter_config=permuter_config,
                          ckpt_path=None, first_stage_key=first_stage_key, cond_stage_key=cond_stage_key,
                          mask_key=mask_key, layout="start", lm_rate=lm_rate,
@@ -73,6 +106,16 @@ class PoseILATTransformer(ILATTransformer):
         if not isinstance(joint_position_codes, bool):
             raise ValueError(f"joint_position_codes must be true or false, got {joint_position_codes!r}")
         self.joint_position_codes = joint_position_codes
+        if not isinstance(pose_map, bool):
+            raise ValueError(f"pose_map must be true or false, got {pose_map!r}")
+        self.pose_grid = stage_grid(self.first_stage_model)
+        self.pose_map_conv = None
+        if pose_map:
+            if self.pose_grid is None:
+                raise ValueError("pose_map needs a first stage with a known token grid")
+            self.pose_map_conv = nn.Conv2d(len(LIMBS), self.transformer.n_embd, 3, padding=1)
+            nn.init.zeros_(self.pose_map_conv.weight)
+            nn.init.zeros_(self.pose_map_conv.bias)
         if ckpt_path is not None:
             self.init_from_ckpt(ckpt_path, ignore_keys=ignore_keys)
 
@@ -85,7 +128,8 @@ class PoseILATTransformer(ILATTransformer):
         return self.pose_features(batch[self.pose_key])
 
     def pose_features(self, pose) -> torch.Tensor:
-        """pose (B, 13, 3) normalised [x/W, y/H, visibility] -> (B, 13, n_embd)."""
+        """pose (B, 13, 3) normalised [x/W, y/H, visibility] -> (B, 13, n_embd); with `pose_map`,
+        (B, 13 + L, n_embd): the landmark features, then the map features of the L grid cells."""
         pose = torch.as_tensor(pose, dtype=torch.float32, device=self.device)
         features = self.point_mlp(pose)
         if self.joint_position_codes:
@@ -94,7 +138,38 @@ class PoseILATTransformer(ILATTransformer):
             cells = max(stage_grid(self.first_stage_model))
             codes = position_codes(pose[..., 1], pose[..., 0], features.shape[-1], cells)
             features = features + codes.to(features) * (pose[..., 2:3] > 0)
+        if self.pose_map_conv is not None:
+            h, w = self.pose_grid
+            grid = self.pose_map_conv(limb_map(pose, h, w))                            # (B, C, h, w)
+            features = torch.cat([features, grid.flatten(2).transpose(1, 2).to(features)], dim=1)
         return features
+
+    def _split_extra(self, extra: Optional[torch.Tensor]):
+        """extra features -> (the 13 landmark features for the sequence, the map features or None)."""
+        if extra is None or self.pose_map_conv is None:
+            return extra, None
+        n_grid = self.pose_grid[0] * self.pose_grid[1]
+        if extra.dim() != 3 or extra.shape[1] != NUM_JOINTS + n_grid:
+            raise ValueError(f"with pose_map the extra features must be (B, {NUM_JOINTS} + {n_grid}, n_embd) "
+                             f"(pose_features' output), got {tuple(extra.shape)}")
+        return extra[:, :NUM_JOINTS], extra[:, NUM_JOINTS:]
+
+    def sequence_inputs(self, c_indices: torch.Tensor, extra: Optional[torch.Tensor] = None):
+        """`ILATTransformer.sequence_inputs` with the 13 landmark features as the extra positions."""
+        return super().sequence_inputs(c_indices, self._split_extra(extra)[0])
+
+    def position_features(self, c_idx: torch.Tensor, n_pre: int, n_grid: int,
+                          extra: Optional[torch.Tensor] = None) -> Optional[torch.Tensor]:
+        """The aligned condition (if any) plus, with `pose_map`, the map features of cell j at the
+        position that predicts cell j (n_pre - 1 + j)."""
+        features = super().position_features(c_idx, n_pre, n_grid, extra)
+        grid = self._split_extra(extra)[1]
+        if grid is None:
+            return features
+        if grid.shape[1] != n_grid:
+            raise ValueError(f"pose_map: map features for {grid.shape[1]} cells, the sequence has {n_grid}")
+        grid = torch.nn.functional.pad(grid, (0, 0, n_pre - 1, 0))
+        return grid if features is None else features + grid.to(features)
 
     def sequence_positions(self, n_cond_tokens: int, n_grid: int) -> int:
         """Transformer positions of a sequence of N condition tokens, the 13 pose features and L grid tokens."""
