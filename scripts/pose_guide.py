@@ -2,7 +2,7 @@
 
     python scripts/pose_guide.py --run logs/<pose run> --image ref.png --ref_pose ref.json \
         --target_pose target.json --out out.png [--grid grid.png] [--baseline logs/<taming pose run>] \
-        [--top_k K] [--temperature T] [--seed S] [--device cpu|cuda]
+        [--paste_back [--feather PX]] [--top_k K] [--temperature T] [--seed S] [--device cpu|cuda]
     python scripts/pose_guide.py --run logs/<pose run> --image ref.png --ref_label video.mat --ref_frame 1 \
         --target_label video.mat --target_frame 30 --out out.png
     python scripts/pose_guide.py --run logs/<pose run> --image ref.png --ref_pose ref.json \
@@ -23,6 +23,9 @@ or {"poses": [...]}, or --target_label with --frames START:STOP[:STEP], STOP inc
 gets frame_000.png ..., sequence.gif, sequence.mp4 (skipped with a message when OpenCV cannot
 write mp4v) and strip.png (odd rows the frames, even rows their poses; the reference first).
 The summary line gives the PSNR outside the mask of each output against the reference.
+--paste_back writes the syntheses put back into the reference instead: its own pixels outside the
+mask, the synthesis inside, blended over --feather pixels inside the mask's edge (the summary
+still gives the model's own PSNR outside the mask).
 Exit code 0 on success, 2 on a usage or input error (the message names the problem).
 """
 import argparse
@@ -59,6 +62,13 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--temperature", type=float, help="sampling temperature (default: greedy)")
     p.add_argument("--seed", type=int, help="seed of the draw (implies sampling)")
     p.add_argument("--device", help="cpu or cuda (default: cuda if available)")
+    p.add_argument("--paste_back", action="store_true",
+                   help="put the synthesis back into the reference: the reference's own pixels outside the mask "
+                        "(default: the model's output everywhere, whose background is the autoencoder's "
+                        "reconstruction, Eq. 4)")
+    p.add_argument("--feather", type=float, default=2.0,
+                   help="with --paste_back: blend over this many pixels inside the mask's edge (default 2; 0: a "
+                        "hard paste)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
 
@@ -98,6 +108,8 @@ def _check_args(parser: argparse.ArgumentParser, args) -> bool:
         value = getattr(args, flag)
         if value is not None and value <= 0:
             parser.error(f"--{flag} must be positive, got {value}")
+    if not args.feather >= 0:
+        parser.error(f"--feather must be >= 0 pixels, got {args.feather}")
     return sequence
 
 
@@ -107,12 +119,24 @@ def _sampling(args) -> dict:
             "temperature": 1.0 if args.temperature is None else args.temperature, "seed": args.seed}
 
 
-def _psnr_summary(values) -> str:
+def _psnr_summary(values, pasted: bool = False) -> str:
     values = [float(v) for v in values]
     if len(values) == 1:
-        return f"PSNR outside the mask {values[0]:.2f} dB"
-    return (f"PSNR outside the mask {', '.join(f'{v:.2f}' for v in values)} dB "
-            f"(mean {sum(values) / len(values):.2f})")
+        text = f"PSNR outside the mask {values[0]:.2f} dB"
+    else:
+        text = (f"PSNR outside the mask {', '.join(f'{v:.2f}' for v in values)} dB "
+                f"(mean {sum(values) / len(values):.2f})")
+    if pasted:
+        text = f"pasted back into the reference (its own pixels outside the mask; the model's output had {text[5:]})"
+    return text
+
+
+def _finish(pg, args, frames, reference, masks):
+    """The outputs as written (pasted back with --paste_back) and the model's PSNR outside the mask."""
+    psnr = pg.outside_psnr(frames, reference, masks)
+    if args.paste_back:
+        frames = pg.paste_back(frames, reference, masks, args.feather)
+    return frames, psnr
 
 
 def _target_poses(pg, args, sequence: bool, height: int, width: int):
@@ -133,18 +157,19 @@ def _single(pg, args, run, baseline, reference, ref, targets, sampling) -> int:
     from ilat_ext.edit import make_grid, to_uint8, write_rgb
 
     frames, masks = pg.synthesize_sequence(run.model, reference, ref, targets, **sampling)
+    frames, psnr = _finish(pg, args, frames, reference, masks)
     write_rgb(args.out, to_uint8(frames)[0])
-    psnr = pg.outside_psnr(frames, reference, masks)
     if args.grid is not None:
         to_tensor = lambda a: torch.from_numpy(a.astype(np.float32) / 127.5 - 1.0).permute(0, 3, 1, 2)  # noqa: E731
         cols = {"reference": to_tensor(pg.skeleton_overlay(to_uint8(reference)[0], ref)[None]),
                 "target pose": to_tensor(pg.skeleton_images(targets, run.size, run.size)),
                 "mask": masks * 2 - 1}
         if baseline is not None:
-            cols["Taming"], _ = pg.synthesize_sequence(baseline, reference, ref, targets, mode="edit", **sampling)
+            taming, _ = pg.synthesize_sequence(baseline, reference, ref, targets, mode="edit", **sampling)
+            cols["Taming"] = _finish(pg, args, taming, reference, masks)[0]
         cols["iLAT"] = frames
         make_grid(cols, args.grid)
-    print(f"Synthesised {run.size}x{run.size}: {args.out}; {_psnr_summary(psnr)}"
+    print(f"Synthesised {run.size}x{run.size}: {args.out}; {_psnr_summary(psnr, args.paste_back)}"
           + (f"; grid: {args.grid}" if args.grid else ""))
     return 0
 
@@ -155,6 +180,7 @@ def _sequence(pg, args, run, reference, ref, targets, sampling) -> int:
     os.makedirs(args.out_dir, exist_ok=True)
     frames, masks = pg.synthesize_sequence(run.model, reference, ref, targets, batch_size=args.batch_size,
                                            show_progress=not args.quiet, **sampling)
+    frames, psnr = _finish(pg, args, frames, reference, masks)
     images = to_uint8(frames)
     for k, image in enumerate(images):
         write_rgb(os.path.join(args.out_dir, f"frame_{k:03d}.png"), image)
@@ -167,10 +193,9 @@ def _sequence(pg, args, run, reference, ref, targets, sampling) -> int:
         mp4 = None
     strip = os.path.join(args.out_dir, "strip.png")
     pg.write_strip(strip, images, targets, per_row=args.per_row, reference=to_uint8(reference)[0], ref_pose=ref)
-    psnr = pg.outside_psnr(frames, reference, masks)
     print(f"Synthesised {len(images)} frames of {run.size}x{run.size} in {args.out_dir}: frame_000.png.."
           f"frame_{len(images) - 1:03d}.png, sequence.gif{', sequence.mp4' if mp4 else ''}, strip.png; "
-          f"{_psnr_summary(psnr)}")
+          f"{_psnr_summary(psnr, args.paste_back)}")
     return 0
 
 

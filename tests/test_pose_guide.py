@@ -163,6 +163,81 @@ def test_sequence_of_three_poses(runs, inputs, script, capsys, tmp_path):
         assert "skipped the MP4" in said and not os.path.exists(mp4)
 
 
+def test_feather_weights_are_the_clipped_distance_to_the_nearest_unmasked_pixel():
+    rng = np.random.default_rng(0)
+    masks = torch.zeros(2, 1, 12, 14)
+    masks[0, 0, 2:10, 3:12] = 1
+    masks[1, 0] = torch.from_numpy(rng.random((12, 14)) < 0.6).float()
+    masks[1, 0, 0, :] = 1                                     # touching the border: outside the image is not unmasked
+    for feather in (0, 1, 2.5, 4):
+        got = pg.feather_weights(masks, feather)
+        for n in range(2):
+            m = masks[n, 0].numpy() > 0.5
+            free = np.argwhere(~m)                            # the unmasked pixels
+            for y, x in np.argwhere(m):
+                d = np.sqrt(((free - (y, x)) ** 2).sum(1)).min()
+                want = 1.0 if feather == 0 else min(1.0, d / feather)
+                assert abs(float(got[n, 0, y, x]) - want) < 1e-4, (feather, n, y, x)
+            assert (got[n, 0][~torch.from_numpy(m)] == 0).all()
+    full = pg.feather_weights(torch.ones(1, 1, 5, 5), 3)    # nothing unmasked: the synthesis everywhere
+    assert torch.equal(full, torch.ones(1, 1, 5, 5))
+    for bad in (-1, True, "2", float("nan")):
+        with pytest.raises(ValueError, match="feather"):
+            pg.feather_weights(masks, bad)
+
+
+def test_paste_back_keeps_the_reference_outside_the_mask_and_the_synthesis_inside():
+    torch.manual_seed(0)
+    frames, reference = torch.rand(3, 3, 16, 16) * 2 - 1, torch.rand(1, 3, 16, 16) * 2 - 1
+    masks = torch.zeros(3, 1, 16, 16)
+    masks[:, :, 4:13, 3:12] = 1
+    masks[1] = 0                                              # an empty mask gives the reference itself
+    out = pg.paste_back(frames, reference, masks, feather=2)
+    outside = (masks == 0).expand_as(frames)
+    assert torch.equal(out[outside], reference.expand_as(frames)[outside])
+    assert torch.equal(out[1], reference[0])
+    assert torch.equal(out[0, :, 6:11, 5:10], frames[0, :, 6:11, 5:10])   # 2 px inside the edge: the synthesis
+    edge = out[0, :, 4, 6]                                    # the mask's outer ring: half and half
+    assert torch.allclose(edge, 0.5 * frames[0, :, 4, 6] + 0.5 * reference[0, :, 4, 6])
+    assert torch.equal(pg.paste_back(frames, reference, masks, 0)[0, :, 4, 6], frames[0, :, 4, 6])
+    with pytest.raises(ValueError, match="reference"):
+        pg.paste_back(frames, reference[:, :, :8], masks)
+    with pytest.raises(ValueError, match="masks"):
+        pg.paste_back(frames, reference, masks[:2])
+
+
+def test_paste_back_flag_writes_the_references_pixels_outside_the_mask(runs, inputs, script, capsys, tmp_path):
+    common = ["--run", runs["ilat"], "--image", inputs["image"], "--ref_pose", inputs["ref"], "--device", "cpu"]
+    plain, pasted = str(tmp_path / "plain.png"), str(tmp_path / "pasted.png")
+    assert script(common + ["--target_pose", inputs["target"], "--out", plain]) == 0
+    said_plain = capsys.readouterr().out
+    assert script(common + ["--target_pose", inputs["target"], "--out", pasted, "--paste_back", "--feather", "0",
+                            "--grid", str(tmp_path / "g.png"), "--baseline", runs["taming"]]) == 0
+    said = capsys.readouterr().out
+    assert "pasted back" in said
+    # the model's own PSNR outside the mask is still reported, the same as without the flag
+    assert said_plain.split("PSNR outside the mask ")[1].split(" dB")[0] in said
+    run = pg.load_pose_model(runs["ilat"], "cpu")
+    reference, (h, w) = pg.read_reference(inputs["image"], run.size, run.resize)
+    ref = resize_pose(pg.read_pose(inputs["ref"], h, w), h, w, run.size)
+    tgt = resize_pose(pg.read_pose(inputs["target"], h, w), h, w, run.size)
+    mask = run.model.masks_for(ref, tgt, 64, 64)[0, 0].cpu().numpy() > 0.5
+    ref8 = ((reference[0].permute(1, 2, 0).numpy() + 1) * 127.5).round().astype(np.uint8)
+    assert np.array_equal(_rgb(pasted)[~mask], ref8[~mask])                  # the reference's pixels
+    assert np.array_equal(_rgb(pasted)[mask], _rgb(plain)[mask])             # feather 0: the synthesis
+    assert not np.array_equal(_rgb(plain)[~mask], ref8[~mask])               # which the model alone is not
+    out_dir = str(tmp_path / "seq")
+    assert script(common + ["--target_poses", inputs["poses"], "--out_dir", out_dir, "--quiet", "--paste_back"]) == 0
+    assert "pasted back" in capsys.readouterr().out
+    frame = _rgb(os.path.join(out_dir, "frame_000.png"))
+    first = resize_pose(pg.read_pose_list(inputs["poses"], h, w)[0], h, w, run.size)
+    outside = ~(run.model.masks_for(ref, first, 64, 64)[0, 0].cpu().numpy() > 0.5)
+    assert np.array_equal(frame[outside], ref8[outside])
+    with pytest.raises(SystemExit):
+        script(common + ["--target_pose", inputs["target"], "--out", plain, "--paste_back", "--feather", "-1"])
+    assert "--feather must be >= 0" in capsys.readouterr().err
+
+
 def test_mp4_writer_that_cannot_open(tmp_path, monkeypatch):
     class Closed:
         def __init__(self, *args):
