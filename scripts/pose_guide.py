@@ -127,7 +127,7 @@ def _psnr_summary(values, pasted: bool = False) -> str:
         text = (f"PSNR outside the mask {', '.join(f'{v:.2f}' for v in values)} dB "
                 f"(mean {sum(values) / len(values):.2f})")
     if pasted:
-        text = f"pasted back into the reference (its own pixels outside the mask; the model's output had {text[5:]})"
+        text = f"pasted back into the reference, its own pixels outside the mask (the model's output: {text})"
     return text
 
 
