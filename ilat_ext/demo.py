@@ -49,6 +49,11 @@ class Stage:
     overrides: Sequence[str] = ()
 
 
+# Face stage 1 at batch 4 (twice the steps of batch 8, lr kept at 2e-4, halved every 400 steps):
+# +0.9 dB on validation faces for 25% more of the stage's time.
+TS1_BATCH4 = ("data.params.batch_size=4", "model.base_learning_rate=5e-5", "model.params.lr_decay_every=400")
+
+
 def face_chain(scale: float = 1.0) -> List[Stage]:
     """The toy face chain; `scale` multiplies every step count (1.0 fits the demo's 15 minutes)."""
     s = lambda n: max(1, int(round(n * scale)))  # noqa: E731
@@ -56,7 +61,7 @@ def face_chain(scale: float = 1.0) -> List[Stage]:
              "model.params.cond_stage_config.params.ckpt_path={sketch}"
     return [
         Stage("sketch", os.path.join(TOY, "sketch_vqgan.yaml"), s(200)),
-        Stage("ts1", os.path.join(TOY, "tsvqgan_face.yaml"), s(250), ("model.params.use_masks=false",)),
+        Stage("ts1", os.path.join(TOY, "tsvqgan_face.yaml"), s(500), ("model.params.use_masks=false",) + TS1_BATCH4),
         Stage("ts2", os.path.join(TOY, "tsvqgan_face.yaml"), s(150), ("model.params.ckpt_path={ts1}", GAN_FROM_START)),
         Stage("ilat", os.path.join(TOY, "ilat.yaml"), s(560), stages),
         Stage("taming", os.path.join(TOY, "taming.yaml"), s(560), stages),
