@@ -1,11 +1,13 @@
 """The main job in one command: train the toy face-editing chain on CPU, edit held-out faces with new
 strokes, compare Taming / Taming* / iLAT (see `ilat_ext.demo`).
 
-    python scripts/demo_faces.py [--out demo] [--steps-scale 1.0] [--fresh]
+    python scripts/demo_faces.py [--out demo] [--steps-scale 1.0] [--n-show 8] [--n-score 32]
+        [--n-compare 16] [--fresh]
 
-Writes <out>/logs/<runs>, <out>/edits.png (input | mask | sketch | Taming | Taming* | iLAT) and
-<out>/comparison/{grid.png, metrics.md, metrics.csv}; prints the table. About 13 minutes on 2 CPU
-cores; an interrupted demo continues with the stages it already trained.
+Writes <out>/logs/<runs>, <out>/edits.png (input | mask | sketch | Taming | Taming* | iLAT | ceiling,
+the first --n-show faces), <out>/edits.md (how closely the edits of --n-score faces follow the new
+strokes) and <out>/comparison/{grid.png, metrics.md, metrics.csv}; prints the tables. About 14
+minutes on 2 CPU cores; an interrupted demo continues with the stages it already trained.
 """
 
 import sys

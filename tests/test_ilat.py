@@ -836,6 +836,56 @@ def test_aligned_kernel_needs_the_aligned_condition():
         _build(aligned_kernel=3)
 
 
+@pytest.mark.parametrize("cls,layout", [(TamingTransformer, None), (ILATTransformer, "start"),
+                                        (ILATTransformer, "taming")])
+def test_condition_tokens_false_keeps_the_condition_in_the_aligned_features_only(batch, cls, layout):
+    """`condition_tokens: false`: the sequence is [c_s, z_s] + grid tokens (start layout) or
+    [sos] + grid tokens (taming's), so it fits a block_size of 2 + 63 (the full one needs 129);
+    the condition reaches the model through the aligned features alone, and changes its logits;
+    cached sampling gives the teacher-forced logits; the grid position codes line up with the
+    shorter sequence; and it is refused without aligned_condition."""
+    from ilat_ext.models.cond_transformer import grid_codes
+    kw = {} if layout is None else {"layout": layout}
+    model = _build(cls=cls, aligned_condition=True, aligned_kernel=3, condition_tokens=False, block_size=65,
+                   pos_emb_init="grid", **kw)
+    x, c, mask = batch
+    _, c_idx = model.encode_to_c(c)
+    n_pre = 2 if layout == "start" else 1
+    L = (IMG // FACTOR) ** 2
+    assert model.sequence_positions(c_idx.shape[1], L) == n_pre + L - 1 == 65 - (layout != "start")
+    assert _first_grid_row(model, c_idx.shape[1]) == n_pre - 1
+    codes = grid_codes(IMG // FACTOR, IMG // FACTOR, 32, IMG // FACTOR).to(model.transformer.pos_emb)
+    # the row predicting cell j starts with cell j's code (before training moves it)
+    fresh = _build(cls=cls, aligned_condition=True, condition_tokens=False, block_size=65, pos_emb_init="grid", **kw)
+    torch.testing.assert_close(fresh.transformer.pos_emb[0, n_pre - 1:n_pre - 1 + L], codes, rtol=0, atol=0)
+    with torch.no_grad():
+        model.aligned_conv.weight.normal_(std=0.05)
+        model.aligned_conv.bias.normal_(std=0.05)
+        if cls is TamingTransformer:
+            r = model.sample_edit(x, mask, c, return_logits=True)
+            r_nc = model.sample_edit(x, mask, c, use_cache=False)
+            tf = _teacher_forced_model(model, r.indices, c, lambda n: None)
+            generated = r.token_mask
+            logits = model(x, c)[0]
+            other = model(x, -c)[0]
+        else:
+            r = model.sample_local(x, mask, c, return_logits=True)
+            r_nc = model.sample_local(x, mask, c, use_cache=False)
+            tf = _teacher_forced_model(model, r.indices, c, lambda n: la_attention_mask(r.token_mask, n, layout))
+            generated = r.token_mask
+            logits = model(x, c, mask)[0]
+            other = model(x, -c, mask)[0]
+    assert generated.any()
+    torch.testing.assert_close(r.logits[generated], tf[generated], atol=1e-4, rtol=0)
+    assert torch.equal(r.indices, r_nc.indices)
+    assert logits.shape[:2] == (3, L)
+    assert (logits - other).abs().max() > 1e-3               # the condition still matters
+    with pytest.raises(ValueError, match="set aligned_condition: true"):
+        _build(cls=cls, condition_tokens=False, **kw)
+    with pytest.raises(ValueError, match="condition_tokens must be true or false"):
+        _build(cls=cls, aligned_condition=True, condition_tokens="no", **kw)
+
+
 # ============================================================================ pose map
 def _segment_cover(px, py, ax, ay, bx, by, reach):
     """max(0, 1 - distance(point, segment ab) / reach), written out with floats."""

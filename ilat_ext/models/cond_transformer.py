@@ -214,8 +214,16 @@ class TamingTransformer(CheckpointMixin, _UpstreamNet2Net):
                  sos_token: int = 0, learning_rate: Optional[float] = None, weight_decay: float = 0.01,
                  betas: Tuple[float, float] = (0.9, 0.95), mask_key: str = "mask", warmup_steps: int = 0,
                  decay_steps: Union[int, str, None] = None, pos_emb_init: Optional[str] = None,
-                 aligned_condition: bool = False, aligned_kernel: int = 1):
+                 aligned_condition: bool = False, aligned_kernel: int = 1, condition_tokens: bool = True):
         warmup_steps, decay_steps = check_schedule(warmup_steps, decay_steps)
+        if not isinstance(condition_tokens, bool):
+            raise ValueError(f"condition_tokens must be true or false, got {condition_tokens!r}")
+        if not condition_tokens and not aligned_condition:
+            raise ValueError("condition_tokens: false leaves the condition only to aligned_condition; set "
+                             "aligned_condition: true (without it the model would never see the condition)")
+        if not condition_tokens and cond_stage_config == "__is_unconditional__":
+            raise ValueError("condition_tokens: false is for conditional models; this one is unconditional")
+        self.condition_tokens = condition_tokens
         if isinstance(aligned_kernel, bool) or not isinstance(aligned_kernel, Integral) or aligned_kernel < 1 \
                 or aligned_kernel % 2 == 0:
             raise ValueError(f"aligned_kernel must be an odd integer >= 1, got {aligned_kernel!r}")
@@ -334,11 +342,12 @@ class TamingTransformer(CheckpointMixin, _UpstreamNet2Net):
         if grid is None:
             raise ValueError("pos_emb_init 'grid' needs a first stage with a taming encoder")
         cond = None if self.be_unconditional else stage_grid(self.cond_stage_model, self.downsample_cond_size)
-        n_cond = 0 if cond is None else cond[0] * cond[1]
+        n_cond = 0 if cond is None or not self.condition_tokens else cond[0] * cond[1]
         L = grid[0] * grid[1]
         start = self.layout == "start"
         first_cond = 1 if start else 0                                  # after c_s in the start layout
-        n_pre = (1 + n_cond + self.n_extra_positions + 1) if start else n_cond
+        # taming's layout without condition tokens starts with one sos token, which predicts cell 0
+        n_pre = (1 + n_cond + self.n_extra_positions + 1) if start else (n_cond if self.condition_tokens else 1)
         if n_pre + L - 1 > pos_emb.shape[1]:
             raise ValueError(f"pos_emb_init 'grid': the sequence needs {n_pre + L - 1} positions, the "
                              f"transformer's block_size is {pos_emb.shape[1]}")
@@ -462,10 +471,19 @@ class TamingTransformer(CheckpointMixin, _UpstreamNet2Net):
 
     def sequence_inputs(self, c_indices: torch.Tensor, extra: Optional[torch.Tensor] = None):
         """-> (embeddings (B, E, C) or None, prefix tokens (B, P) or None, n_cond) of the sequence
-        before the grid tokens. Taming's layout: the condition tokens as a prefix."""
+        before the grid tokens. Taming's layout: the condition tokens as a prefix; with
+        `condition_tokens: false` one `sos_token` instead (the condition enters through
+        `position_features` alone)."""
         if extra is not None:
             raise ValueError(f"{type(self).__name__} takes no extra condition features")
+        if not self.condition_tokens:
+            return None, self.start_tokens(c_indices), 1
         return None, c_indices, c_indices.shape[1]
+
+    def start_tokens(self, c_indices: torch.Tensor) -> torch.Tensor:
+        """(B, 1) of `sos_token`: the prefix of taming's layout without condition tokens (upstream's
+        start token of unconditional models, here with the aligned condition at its position)."""
+        return torch.full((c_indices.shape[0], 1), int(self.sos_token), dtype=torch.long, device=c_indices.device)
 
     @torch.no_grad()
     def _edit(self, x, mask, c, extra, mode: str, greedy: bool, temperature: float, top_k: Optional[int],
@@ -612,9 +630,10 @@ class TamingTransformer(CheckpointMixin, _UpstreamNet2Net):
             inputs = keep * z + (1 - keep) * noise
         else:
             inputs = z
-        features = self.position_features(c_idx, c_idx.shape[1], z.shape[1])
-        logits, _ = self.transformer(torch.cat((c_idx, inputs), dim=1)[:, :-1], pos_features=features)
-        return logits[:, c_idx.shape[1] - 1:], z  # output i predicts z_i given z_<i and c
+        _, prefix, _ = self.sequence_inputs(c_idx)
+        features = self.position_features(c_idx, prefix.shape[1], z.shape[1])
+        logits, _ = self.transformer(torch.cat((prefix, inputs), dim=1)[:, :-1], pos_features=features)
+        return logits[:, prefix.shape[1] - 1:], z  # output i predicts z_i given z_<i and c
 
     def shared_step(self, batch, batch_idx):
         if self.token_batch_key not in batch:

@@ -65,7 +65,7 @@ class ILATTransformer(TamingTransformer):
                  betas: Tuple[float, float] = (0.9, 0.95), warmup_steps: int = 0,
                  decay_steps: Union[int, str, None] = None, baseline_config=None,
                  pos_emb_init: Optional[str] = None, aligned_condition: bool = False,
-                 aligned_kernel: int = 1):
+                 aligned_kernel: int = 1, condition_tokens: bool = True):
         if layout not in LA_LAYOUTS:
             raise ValueError(f"layout must be one of {LA_LAYOUTS}, got {layout!r}")
         if not 0.0 <= float(lm_rate) <= 1.0:
@@ -76,7 +76,8 @@ class ILATTransformer(TamingTransformer):
                          downsample_cond_size=downsample_cond_size, sos_token=sos_token,
                          learning_rate=learning_rate, weight_decay=weight_decay, betas=betas, mask_key=mask_key,
                          warmup_steps=warmup_steps, decay_steps=decay_steps, pos_emb_init=pos_emb_init,
-                         aligned_condition=aligned_condition, aligned_kernel=aligned_kernel)
+                         aligned_condition=aligned_condition, aligned_kernel=aligned_kernel,
+                         condition_tokens=condition_tokens)
         self.lm_rate = float(lm_rate)
         n_embd = self.transformer.n_embd
         n_codes = self.first_stage_model.quantize.n_e
@@ -109,14 +110,17 @@ class ILATTransformer(TamingTransformer):
         return super().encode_to_c(c)
 
     def sequence_inputs(self, c_indices: torch.Tensor, extra: Optional[torch.Tensor] = None):
-        """-> (embeddings, prefix, n_cond). "start": embeddings [c_s, c_1..c_N, extra, z_s], no prefix."""
+        """-> (embeddings, prefix, n_cond). "start": embeddings [c_s, c_1..c_N, extra, z_s], no prefix;
+        with `condition_tokens: false` [c_s, extra, z_s] (the condition enters through
+        `position_features` alone)."""
         if self.layout == "taming":
             if extra is not None:
                 raise ValueError("extra condition features need the 'start' layout")
-            return None, c_indices, c_indices.shape[1]
+            return super().sequence_inputs(c_indices)
         B = c_indices.shape[0]
         c_s = torch.full((B, 1), self.n_cond_codes, dtype=torch.long, device=c_indices.device)
-        parts = [self.cond_emb(torch.cat([c_s, c_indices], dim=1))]                   # (B, 1 + N, C)
+        tokens = torch.cat([c_s, c_indices], dim=1) if self.condition_tokens else c_s
+        parts = [self.cond_emb(tokens)]                                                # (B, 1 [+ N], C)
         if extra is not None:
             if extra.dim() != 3 or extra.shape[0] != B or extra.shape[2] != self.transformer.n_embd:
                 raise ValueError(f"extra condition features of shape {tuple(extra.shape)} must be "
