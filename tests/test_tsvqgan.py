@@ -194,3 +194,23 @@ def test_norm_groups_preset_and_vqmodel_builds_the_same_preset():
         _model(dict(preset, norm_type="instance"))
     with pytest.raises(TypeError, match="norm_group"):
         VQModel(dict(preset, norm_group=4), tiny_vq_lossconfig(), n_embed=32, embed_dim=8)
+
+
+def test_widths_that_32_does_not_divide_build_with_their_norm_groups():
+    """ch 16 (the toy face preset's widths 16-32) builds in both halves and in a VQModel: upstream's
+    constructors make GroupNorm(32) before the preset replaces it, which fails for 16 channels.
+    The preset's GroupNorm(4) is what is built, and taming's Normalize is upstream's again after."""
+    from taming.modules.diffusionmodules import model as taming_model
+
+    upstream = taming_model.Normalize
+    preset = dict(tiny_ddconfig(ch_mult=(1, 2, 2), attn=()), ch=16, norm_groups=4, mid_attn=False)
+    ts, plain = _model(preset), VQModel(preset, tiny_vq_lossconfig(), n_embed=32, embed_dim=8)
+    for model in (ts, plain):
+        norms = [m for m in list(model.encoder.modules()) + list(model.decoder.modules())
+                 if isinstance(m, torch.nn.GroupNorm)]
+        assert norms and all(m.num_groups == 4 for m in norms)
+        assert {m.num_channels for m in norms} == {16, 32}
+    assert taming_model.Normalize is upstream
+    with pytest.raises(ValueError, match="norm_groups"):                 # 16 channels, 32 groups: refused, clearly
+        _model(dict(preset, norm_groups=32))
+    assert taming_model.Normalize is upstream                            # restored after a failed build too

@@ -21,12 +21,15 @@ What differs from upstream and why:
   naming the shapes. It does not keep upstream's list of every intermediate activation (`hs`,
   a leftover of the U-Net it was cut from), which lowers its peak memory.
 """
-from typing import Dict, Iterable, Optional, Sequence
+import contextlib
+import math
+from typing import Dict, Iterable, Iterator, Optional, Sequence
 
 import torch
 import torch.nn as nn
 from taming.modules.diffusionmodules.model import Decoder as _UpstreamDecoder
 from taming.modules.diffusionmodules.model import Encoder as _UpstreamEncoder
+from taming.modules.diffusionmodules import model as _taming_model
 from taming.modules.diffusionmodules.model import nonlinearity
 
 from ilat_ext.masks import check_divisible, check_pixel_mask, encoder_masks, latent_mask
@@ -56,6 +59,24 @@ def apply_preset(module: nn.Module, norm_type: str = "group", mid_attn: bool = T
     if not mid_attn:
         module.mid.attn_1 = nn.Identity()
     return module
+
+
+@contextlib.contextmanager
+def _constructible_norms() -> Iterator[None]:
+    """While taming builds an Encoder or Decoder: its `Normalize` as GroupNorm(gcd(32, C)) instead of
+    GroupNorm(32), which cannot be built for a channel count that 32 does not divide (a toy ddconfig
+    with ch 16). Identical to upstream's wherever 32 divides C; `apply_preset` then builds the
+    configured norms either way."""
+    upstream = _taming_model.Normalize
+
+    def normalize(in_channels, *args, **kwargs):
+        return nn.GroupNorm(num_groups=math.gcd(32, int(in_channels)), num_channels=in_channels, eps=1e-6, affine=True)
+
+    _taming_model.Normalize = normalize
+    try:
+        yield
+    finally:
+        _taming_model.Normalize = upstream
 
 
 def _use_preset(module: nn.Module, norm_type: str, norm_groups: int, mid_attn: bool) -> None:
@@ -194,10 +215,11 @@ class Decoder(_UpstreamDecoder):
                  norm_type: str = "group", norm_groups: int = 32, mid_attn: bool = True, **encoder_keys):
         _reject_unknown(type(self).__name__, encoder_keys, ENCODER_ONLY_KEYS)
         _check_norm_type(norm_type)
-        super().__init__(ch=ch, out_ch=out_ch, ch_mult=ch_mult, num_res_blocks=num_res_blocks,
-                         attn_resolutions=attn_resolutions, dropout=dropout, resamp_with_conv=resamp_with_conv,
-                         in_channels=in_channels, resolution=resolution, z_channels=z_channels,
-                         give_pre_end=give_pre_end)
+        with _constructible_norms():
+            super().__init__(ch=ch, out_ch=out_ch, ch_mult=ch_mult, num_res_blocks=num_res_blocks,
+                             attn_resolutions=attn_resolutions, dropout=dropout, resamp_with_conv=resamp_with_conv,
+                             in_channels=in_channels, resolution=resolution, z_channels=z_channels,
+                             give_pre_end=give_pre_end)
         _use_preset(self, norm_type, norm_groups, mid_attn)
 
 
@@ -216,7 +238,8 @@ class Encoder(_UpstreamEncoder):
                  norm_type: str = "group", norm_groups: int = 32, mid_attn: bool = True, **decoder_keys):
         _reject_unknown(type(self).__name__, decoder_keys, DECODER_ONLY_KEYS)
         _check_norm_type(norm_type)
-        super().__init__(ch=ch, out_ch=out_ch, ch_mult=ch_mult, num_res_blocks=num_res_blocks,
-                         attn_resolutions=attn_resolutions, dropout=dropout, resamp_with_conv=resamp_with_conv,
-                         in_channels=in_channels, resolution=resolution, z_channels=z_channels, double_z=double_z)
+        with _constructible_norms():
+            super().__init__(ch=ch, out_ch=out_ch, ch_mult=ch_mult, num_res_blocks=num_res_blocks,
+                             attn_resolutions=attn_resolutions, dropout=dropout, resamp_with_conv=resamp_with_conv,
+                             in_channels=in_channels, resolution=resolution, z_channels=z_channels, double_z=double_z)
         _use_preset(self, norm_type, norm_groups, mid_attn)
