@@ -8,8 +8,9 @@ Faces (`run_face_demo`):
 1. Trains the toy chain on the embedded procedural faces through main.py (each stage a normal
    run under `<out>/logs/`, with its images and checkpoints): the sketch VQGAN, the face TS-VQGAN
    stage 1 (no masks) and stage 2 (masks), then the iLAT and the Taming transformers on the
-   frozen stages. A stage whose run already holds a checkpoint with enough steps is reused, so an
-   interrupted demo continues where it stopped (`--fresh` retrains everything).
+   frozen stages. A stage whose run already holds a checkpoint with enough steps is reused and one
+   that stopped early (Ctrl-C) is resumed, so an interrupted demo continues where it stopped
+   (`train_chain`; `--fresh` retrains everything).
 2. Edits held-out faces with NEW strokes: the region around the mouth is masked and the strokes
    inside it are another face's sketch (`compose_edit_sketch`: the face's own sketch outside the
    mask, the donor's strokes inside), so a correct edit draws the donor's mouth and keeps the rest.
@@ -98,28 +99,70 @@ def run_steps(run: str) -> int:
     return int(load_checkpoint(os.path.join(run, "checkpoints", "last.ckpt")).get("global_step", 0))
 
 
+def saved_config(run: str):
+    """A run's configuration as `--resume` rebuilds it: its configs/*.yaml merged in name order."""
+    from omegaconf import OmegaConf
+
+    paths = sorted(glob.glob(os.path.join(run, "configs", "*.yaml")))
+    return OmegaConf.merge(*[OmegaConf.load(p) for p in paths]) if paths else OmegaConf.create()
+
+
+def _mismatched_overrides(run: str, overrides: Sequence[str]) -> List[str]:
+    """The `key=value` overrides (earlier stages' checkpoints included) that `run` was not trained with."""
+    from omegaconf import OmegaConf
+
+    def same(a, b) -> bool:
+        if isinstance(a, str) and isinstance(b, str) and os.path.exists(a) and os.path.exists(b):
+            return os.path.realpath(a) == os.path.realpath(b)  # `--out demo` and `--out ./demo`
+        return a == b
+
+    config, wanted = saved_config(run), OmegaConf.from_dotlist(list(overrides))
+    keys = [o.split("=", 1)[0] for o in overrides]
+    return [f"{k}={OmegaConf.select(config, k)}" for k in keys
+            if not same(OmegaConf.select(config, k), OmegaConf.select(wanted, k))]
+
+
 def train_chain(stages: Sequence[Stage], logdir: str, fresh: bool = False, extra: Sequence[str] = (),
                 log=print) -> Dict[str, str]:
-    """Train (or reuse) every stage in order through main.py; returns {stage name: run folder}."""
+    """Train, resume or reuse every stage in order through main.py; returns {stage name: run folder}.
+
+    A stage's newest run is reused when it has all its steps and was trained on the checkpoints
+    the earlier stages have now; resumed (`main.py -r RUN -t`, the same run folder) when it
+    stopped early, e.g. at Ctrl-C, and its schedule has the same length; otherwise trained anew.
+    Once a stage trains, every later stage trains anew: they were trained on its old weights.
+    """
     from ilat_ext import main as cli
 
     runs: Dict[str, str] = {}
     ckpts: Dict[str, str] = {}
+    upstream_changed = False
     for stage in stages:
-        run = None if fresh else find_run(logdir, stage.name)
-        if run is not None and run_steps(run) >= stage.steps:
-            log(f"[{stage.name}] reusing {run} ({run_steps(run)} steps)")
+        overrides = [o.format(**ckpts) for o in stage.overrides]
+        run = None if fresh or upstream_changed else find_run(logdir, stage.name)
+        if run is not None and _mismatched_overrides(run, overrides):
+            log(f"[{stage.name}] not reusing {run}: it was trained with "
+                f"{', '.join(_mismatched_overrides(run, overrides))}")
+            run = None
+        steps = 0 if run is None else run_steps(run)
+        if run is not None and steps >= stage.steps:
+            log(f"[{stage.name}] reusing {run} ({steps} steps)")
         else:
             start = time.perf_counter()
-            overrides = [o.format(**ckpts) for o in stage.overrides]
-            log(f"[{stage.name}] training {os.path.relpath(stage.config, REPO)} for {stage.steps} steps")
-            cli.main(["-l", logdir, "--base", stage.config, "-t", "-n", stage.name, "--max_steps", str(stage.steps),
-                      *overrides, *extra])
+            schedule = None if run is None else saved_config(run).get("lightning", {}).get("trainer", {}).get("max_steps")
+            if run is not None and steps > 0 and schedule == stage.steps:
+                log(f"[{stage.name}] resuming {run} at step {steps} of {stage.steps}")
+                cli.main(["-r", run, "-t", "--max_steps", str(stage.steps), *extra])
+            else:
+                log(f"[{stage.name}] training {os.path.relpath(stage.config, REPO)} for {stage.steps} steps")
+                cli.main(["-l", logdir, "--base", stage.config, "-t", "-n", stage.name, "--max_steps",
+                          str(stage.steps), *overrides, *extra])
             run = find_run(logdir, stage.name)
-            if run is None:
-                raise RuntimeError(f"stage {stage.name} finished without writing {logdir}/*_{stage.name}/"
-                                   "checkpoints/last.ckpt")
+            if run is None or run_steps(run) < stage.steps:
+                raise RuntimeError(f"stage {stage.name} stopped before its {stage.steps} steps: "
+                                   f"{logdir}/*_{stage.name}/checkpoints/last.ckpt is missing or short "
+                                   "(run the demo again to resume it)")
             log(f"[{stage.name}] done in {time.perf_counter() - start:.0f} s: {run}")
+            upstream_changed = True
         runs[stage.name] = run
         ckpts[stage.name] = os.path.join(run, "checkpoints", "last.ckpt")
     return runs

@@ -264,6 +264,12 @@ def main(argv: Optional[Sequence[str]] = None) -> Trainer:
     for section in ("model", "data"):
         if section not in config:
             raise KeyError(f"config has no '{section}' section (files: {opt.base})")
+    if not opt.train and (opt.no_test or "test" not in config.data.get("params", {})):
+        # Upstream would build everything and exit 0 having done nothing: `-r run` without -t
+        # looks like a resume that finished at once.
+        reason = "--no-test was given" if opt.no_test else "the config has no data.params.test split"
+        what = "continue training the resumed run" if opt.resume else "train"
+        parser.error(f"nothing to do: -t/--train was not given and {reason}; add -t to {what}")
     lightning_config = config.pop("lightning", OmegaConf.create())
     trainer_config = _build_trainer_config(opt, lightning_config)
     lightning_config.trainer = trainer_config

@@ -48,6 +48,17 @@ class SendSignalAt(Callback):
                 f.write(str(step))
 
 
+class InterruptAt(Callback):
+    """Raises KeyboardInterrupt after `step` optimizer steps, as Ctrl-C would."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step == self.step:
+            raise KeyboardInterrupt
+
+
 IMAGENET_F16 = dict(double_z=False, z_channels=256, resolution=256, in_channels=3, out_ch=3, ch=128,
                     ch_mult=[1, 1, 2, 2, 4], num_res_blocks=2, attn_resolutions=[16], dropout=0.0)
 

@@ -2,6 +2,7 @@
 the outputs the README promises are written, reruns reuse the trained stages."""
 import os
 
+import pytest
 from PIL import Image
 
 from ilat_ext import demo
@@ -31,6 +32,43 @@ def test_face_demo_writes_edits_and_table(tmp_path):
     again = []
     demo.train_chain(demo.face_chain(0.01), os.path.join(out, "logs"), log=again.append)
     assert len(again) == 5 and all("reusing" in line for line in again)
+
+
+def test_train_chain_resumes_a_stopped_stage_and_retrains_what_was_trained_on_it(tmp_path):
+    from tests.helpers import TOY_VQGAN
+
+    logs = str(tmp_path / "logs")
+    fast = ["data.params.train.params.length=64", "lightning.trainer.val_check_interval=1.0", *QUICK]
+    chain = lambda a_steps, b_lr="2e-4": [demo.Stage("a", TOY_VQGAN, a_steps),  # noqa: E731
+                                          demo.Stage("b", TOY_VQGAN, 2, ("model.params.ckpt_path={a}",
+                                                                        f"model.base_learning_rate={b_lr}"))]
+    with pytest.raises((SystemExit, KeyboardInterrupt)):  # Ctrl-C at step 2 of stage a's 4
+        demo.train_chain(chain(4), logs, extra=[*fast, "lightning.callbacks.stop.target=tests.helpers.InterruptAt",
+                                                "lightning.callbacks.stop.params.step=2"], log=print)
+    stopped = demo.find_run(logs, "a")
+    assert demo.run_steps(stopped) == 2 and demo.find_run(logs, "b") is None
+
+    lines = []
+    runs = demo.train_chain(chain(4), logs, extra=fast, log=lines.append)
+    assert lines[0] == f"[a] resuming {stopped} at step 2 of 4"
+    assert runs["a"] == stopped and demo.run_steps(stopped) == 4          # the same run, continued
+    assert len(os.listdir(os.path.join(stopped, "configs"))) == 4        # + the resumed run's pair
+    assert demo.saved_config(runs["b"]).model.params.ckpt_path == os.path.join(stopped, "checkpoints", "last.ckpt")
+
+    lines = []
+    assert demo.train_chain(chain(4), logs, extra=fast, log=lines.append) == runs
+    assert [line.split(" ")[1] for line in lines] == ["reusing", "reusing"]
+
+    lines = []  # b with another setting than it was trained with: retrained, a kept
+    changed = demo.train_chain(chain(4, b_lr="1e-4"), logs, extra=fast, log=lines.append)
+    assert lines[1] == f"[b] not reusing {runs['b']}: it was trained with model.base_learning_rate=0.0002"
+    assert changed["a"] == runs["a"] and changed["b"] != runs["b"]
+
+    lines = []  # a longer stage a: trained anew (another schedule), so b is trained anew on it
+    again = demo.train_chain(chain(5, b_lr="1e-4"), logs, extra=fast, log=lines.append)
+    assert lines[0].startswith("[a] training") and lines[2].startswith("[b] training")
+    assert again["a"] != runs["a"] and again["b"] != changed["b"]
+    assert demo.saved_config(again["b"]).model.params.ckpt_path == os.path.join(again["a"], "checkpoints", "last.ckpt")
 
 
 def test_new_stroke_batch_puts_other_strokes_in_the_mask():

@@ -58,7 +58,7 @@ def test_train_writes_upstream_log_layout_then_resume_continues(tmp_path, monkey
     assert any(k.startswith("encoder.") for k in changed)
 
 
-def test_resume_from_checkpoint_file_and_bad_paths(tmp_path, monkeypatch):
+def test_resume_from_checkpoint_file_and_bad_paths(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     _run(tmp_path, "--base", TOY_VQGAN, "-t", "--max_steps", "3", *FAST)
     logdir = _single_run_dir(tmp_path)
@@ -68,6 +68,11 @@ def test_resume_from_checkpoint_file_and_bad_paths(tmp_path, monkeypatch):
         _run(tmp_path, "-r", str(tmp_path / "logs" / "nope"), "-t")
     with pytest.raises(ValueError, match="cannot both"):
         _run(tmp_path, "-r", logdir, "-n", "other", "-t")
+    with pytest.raises(SystemExit) as exit_info:  # -r without -t used to exit 0 having trained nothing
+        _run(tmp_path, "-r", logdir)
+    assert exit_info.value.code == 2
+    assert "nothing to do: -t/--train was not given" in capsys.readouterr().err
+    assert torch.load(os.path.join(logdir, "checkpoints", "last.ckpt"), weights_only=True)["global_step"] == 5
     empty = tmp_path / "logs" / "empty_run"
     (empty / "checkpoints").mkdir(parents=True)
     with pytest.raises(FileNotFoundError, match="last.ckpt does not exist"):
