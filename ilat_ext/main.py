@@ -225,9 +225,23 @@ def _default_callbacks(opt, now, logdir, ckptdir, cfgdir, config, lightning_conf
     }
 
 
+def _explicit_flag_values(parser: argparse.ArgumentParser, argv: List[str]) -> List[str]:
+    """`-t key=value`: a flag that takes an optional true/false (-t, --no-test, -d, --benchmark, ...,
+    as upstream's) would read the override as its value and fail with "boolean value expected";
+    give the flag its True instead and keep the override."""
+    flags = {s for a in parser._actions if a.type is str2bool and a.nargs == "?" for s in a.option_strings}
+    out = []
+    for i, arg in enumerate(argv):
+        out.append(arg)
+        if arg in flags and i + 1 < len(argv) and "=" in argv[i + 1] and not argv[i + 1].startswith("-"):
+            out.append("true")
+    return out
+
+
 def main(argv: Optional[Sequence[str]] = None) -> Trainer:
     """Run the command line; returns the Trainer (useful in tests)."""
     parser = get_parser()
+    argv = _explicit_flag_values(parser, list(sys.argv[1:] if argv is None else argv))
     opt, unknown = parser.parse_known_args(argv)
     bad = [u for u in unknown if u.startswith("-")]
     if bad:
@@ -264,6 +278,11 @@ def main(argv: Optional[Sequence[str]] = None) -> Trainer:
     for section in ("model", "data"):
         if section not in config:
             raise KeyError(f"config has no '{section}' section (files: {opt.base})")
+    missing = sorted(OmegaConf.missing_keys(config))
+    if missing:  # `???` in the config: values only the user can give (checkpoints of earlier stages)
+        value = "logs/<run>/checkpoints/last.ckpt" if missing[0].endswith("ckpt_path") else "VALUE"
+        parser.error(f"the config leaves {len(missing)} key(s) for the command line: {', '.join(missing)}; "
+                     f"give each as key=value, e.g. {missing[0]}={value}")
     if not opt.train and (opt.no_test or "test" not in config.data.get("params", {})):
         # Upstream would build everything and exit 0 having done nothing: `-r run` without -t
         # looks like a resume that finished at once.
@@ -278,6 +297,11 @@ def main(argv: Optional[Sequence[str]] = None) -> Trainer:
     model = instantiate_from_config(config.model)
     if hasattr(model, "build_config"):
         model.build_config = OmegaConf.to_container(config.model, resolve=True)
+    # Before the logger, which creates the run folder: missing data leaves no empty run behind.
+    data = instantiate_from_config(config.data)
+    if isinstance(data, DataModuleFromConfig):
+        data.setup("fit")  # builds the datasets (idempotent), as upstream's main.py does before fit
+        print("#### Data ####: " + ", ".join(f"{k} {type(v).__name__} {len(v)}" for k, v in data.datasets.items()))
 
     trainer_kwargs = dict(trainer_config)
     if not getattr(model, "automatic_optimization", True):
@@ -310,7 +334,6 @@ def main(argv: Optional[Sequence[str]] = None) -> Trainer:
     trainer_kwargs["plugins"] = [ckpt_io.SafeCheckpointIO(unsafe=opt.unsafe_load)]
     trainer_kwargs.setdefault("default_root_dir", logdir)
 
-    data = instantiate_from_config(config.data)
     _learning_rate(config, trainer_config, model)
     trainer = Trainer(**trainer_kwargs)
 

@@ -103,6 +103,36 @@ def test_name_postfix_debug_and_overrides(tmp_path, monkeypatch):
     assert os.path.isdir(tmp_path / "logs" / "debug_runs" / "2030-01-01T00-00-00_mine_x" / "checkpoints")
 
 
+def test_keys_the_config_leaves_to_the_command_line_are_named(tmp_path, monkeypatch, capsys):
+    from tests.helpers import REPO
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_info:  # was an OmegaConf traceback from inside the model
+        _run(tmp_path, "--base", os.path.join(REPO, "configs", "ilat_ffhq.yaml"), "-t")
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert ("leaves 2 key(s) for the command line: model.params.cond_stage_config.params.ckpt_path, "
+            "model.params.first_stage_config.params.ckpt_path; give each as key=value") in err
+    assert not os.path.exists(tmp_path / "logs")  # nothing written
+
+
+def test_overrides_right_after_a_bool_flag_and_missing_data_leave_no_run(tmp_path, monkeypatch):
+    from tests.helpers import REPO
+
+    monkeypatch.chdir(tmp_path)
+    # `-t key=value` used to fail with "boolean value expected"; the override must still apply
+    trainer = _run(tmp_path, "--base", TOY_VQGAN, "-t", "model.params.n_embed=32", "--max_steps", "1", *FAST)
+    assert trainer.lightning_module.quantize.n_e == 32 and trainer.global_step == 1
+    parser = cli.get_parser()
+    opt, unknown = parser.parse_known_args(cli._explicit_flag_values(parser, ["-t", "false", "--benchmark", "a=1"]))
+    assert opt.train is False and opt.benchmark is True and unknown == ["a=1"]
+    # the FFHQ configs' file lists are missing here: a clear error, and no empty run folder
+    with pytest.raises(FileNotFoundError, match="data/ffhq_train.flist"):
+        cli.main(["-l", str(tmp_path / "ffhq_logs"), "--base", os.path.join(REPO, "configs", "sketch_vqgan_ffhq.yaml"),
+                  "-t"])
+    assert not os.path.exists(tmp_path / "ffhq_logs")
+
+
 def test_gpus_flag_and_legacy_trainer_keys():
     assert cli.parse_gpus("0,") == [0]
     assert cli.parse_gpus("0,1") == [0, 1]
