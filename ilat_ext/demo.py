@@ -122,6 +122,11 @@ def _mismatched_overrides(run: str, overrides: Sequence[str]) -> List[str]:
             if not same(OmegaConf.select(config, k), OmegaConf.select(wanted, k))]
 
 
+def _schedule_length(run: str) -> Optional[int]:
+    """The max_steps a run was started with (its learning-rate schedule ends there)."""
+    return saved_config(run).get("lightning", {}).get("trainer", {}).get("max_steps")
+
+
 def train_chain(stages: Sequence[Stage], logdir: str, fresh: bool = False, extra: Sequence[str] = (),
                 log=print) -> Dict[str, str]:
     """Train, resume or reuse every stage in order through main.py; returns {stage name: run folder}.
@@ -139,17 +144,16 @@ def train_chain(stages: Sequence[Stage], logdir: str, fresh: bool = False, extra
     for stage in stages:
         overrides = [o.format(**ckpts) for o in stage.overrides]
         run = None if fresh or upstream_changed else find_run(logdir, stage.name)
-        if run is not None and _mismatched_overrides(run, overrides):
-            log(f"[{stage.name}] not reusing {run}: it was trained with "
-                f"{', '.join(_mismatched_overrides(run, overrides))}")
+        mismatched = [] if run is None else _mismatched_overrides(run, overrides)
+        if mismatched:
+            log(f"[{stage.name}] not reusing {run}: it was trained with {', '.join(mismatched)}")
             run = None
         steps = 0 if run is None else run_steps(run)
         if run is not None and steps >= stage.steps:
             log(f"[{stage.name}] reusing {run} ({steps} steps)")
         else:
             start = time.perf_counter()
-            schedule = None if run is None else saved_config(run).get("lightning", {}).get("trainer", {}).get("max_steps")
-            if run is not None and steps > 0 and schedule == stage.steps:
+            if run is not None and steps > 0 and _schedule_length(run) == stage.steps:
                 log(f"[{stage.name}] resuming {run} at step {steps} of {stage.steps}")
                 cli.main(["-r", run, "-t", "--max_steps", str(stage.steps), *extra])
             else:
