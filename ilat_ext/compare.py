@@ -42,7 +42,12 @@ from ilat_ext import metrics as M
 from ilat_ext.edit import make_grid as edit_grid, to_uint8
 
 MODES = {"local": "sample_local", "edit": "sample_edit"}
-DATA_CHOICES = ("toy_faces", "config:PATH")
+DATA_CHOICES = ("toy_faces", "toy_poses", "config:PATH")
+# Item keys of each task: the edited input, its mask, the condition, the ground truth. A pose model
+# edits the reference frame (cond_image) into the target frame (image); its `edit_inputs` reads the
+# poses itself.
+TASK_KEYS = {"face": dict(image_key="image", mask_key="mask", cond_key="sketch", target_key="image"),
+             "pose": dict(image_key="cond_image", mask_key="mask", cond_key="cond_image", target_key="image")}
 
 
 @dataclass
@@ -156,12 +161,23 @@ def load_run_methods(specs: Sequence[Tuple[str, str, str]], device: str = "cpu",
     return methods
 
 
+def toy_pose_pairs(n: int, size: int = 64, seed: int = 0):
+    """n held-out toy pose pairs, one from each of n test videos (the pair's frames vary with the video)."""
+    from ilat_ext.data.toy_pose import ToyPoses
+
+    test = ToyPoses(size=size, length=n * 8, split="test", seed=seed, frames_per_video=8)
+    return torch.utils.data.Subset(test, [i * test.frames_per_video + i % test.frames_per_video for i in range(n)])
+
+
 def build_dataset(data: str, n: int = 16, size: int = 64, seed: int = 0):
-    """`toy_faces` (ToyFaces test split with sketches and masks) or `config:PATH` (a YAML with a
-    top-level `target:`/`params:` dataset whose items have image / mask / condition keys)."""
+    """`toy_faces` (ToyFaces test split with sketches and masks), `toy_poses` (`toy_pose_pairs`) or
+    `config:PATH` (a YAML with a top-level `target:`/`params:` dataset whose items have image / mask /
+    condition keys, e.g. a Penn Action or SDF test split)."""
     if data == "toy_faces":
         from ilat_ext.data import ToyFaces
         return ToyFaces(size=size, split="test", length=n, sketch=True, mask=True, seed=seed)
+    if data == "toy_poses":
+        return toy_pose_pairs(n, size, seed)
     if data.startswith("config:"):
         from omegaconf import OmegaConf
 

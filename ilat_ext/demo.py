@@ -326,7 +326,7 @@ def run_pose_demo(out: str = "demo_poses", scale: float = 1.0, n_show: int = 6, 
 
 def _pose_outputs(runs: Dict[str, str], out: str, n_show: int, n_compare: int, log) -> List[dict]:
     """run_pose_demo's poses grid, sequence and comparison from the trained runs."""
-    from ilat_ext.compare import compare, markdown_table, model_method
+    from ilat_ext.compare import TASK_KEYS, compare, markdown_table, model_method, toy_pose_pairs
     from ilat_ext.data.toy_pose import ToyPoses
     from ilat_ext import pose_guide as pg
     from ilat_ext.edit import make_grid, to_uint8, write_rgb
@@ -360,14 +360,13 @@ def _pose_outputs(runs: Dict[str, str], out: str, n_show: int, n_compare: int, l
     log(f"sequence: {seq_dir} ({len(frames)} frames; PSNR outside the masks against the reference "
         f"{float(kept.mean()):.2f} dB)")
 
-    keys = dict(image_key="cond_image", mask_key="mask", cond_key="cond_image")
-    methods = [model_method("Taming", models["taming"], "edit", **keys),
-               model_method("iLAT*", models["ilat_star"], "local", **keys),
-               model_method("iLAT", models["ilat"], "local", **keys)]
-    pairs = torch.utils.data.Subset(test, [i * test.frames_per_video + i % test.frames_per_video
-                                           for i in range(n_compare)])             # n_compare videos
-    rows = compare(methods, pairs, os.path.join(out, "comparison"), n=n_compare, batch_size=8, target_key="image",
-                   verbose=False, progress=True, **keys)
+    keys = TASK_KEYS["pose"]
+    inputs_keys = {k: keys[k] for k in ("image_key", "mask_key", "cond_key")}
+    methods = [model_method("Taming", models["taming"], "edit", **inputs_keys),
+               model_method("iLAT*", models["ilat_star"], "local", **inputs_keys),
+               model_method("iLAT", models["ilat"], "local", **inputs_keys)]
+    rows = compare(methods, toy_pose_pairs(n_compare, 64), os.path.join(out, "comparison"), n=n_compare,
+                   batch_size=8, verbose=False, progress=True, **keys)
     log(markdown_table(rows))
     log(f"comparison: {os.path.join(out, 'comparison')} (grid.png, metrics.md, metrics.csv)")
     return rows

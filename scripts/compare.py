@@ -3,6 +3,9 @@
     python scripts/compare.py --data toy_faces --n 64 --out compare_faces \\
         --run Taming=logs/<taming run>:edit --run "Taming*=logs/<taming run>:local" --run iLAT=logs/<ilat run>
 
+    python scripts/compare.py --data toy_poses --n 16 --out compare_poses \\
+        --run Taming=logs/<pose taming run>:edit --run "iLAT*=logs/<pose iLAT* run>" --run iLAT=logs/<pose iLAT run>
+
 Each --run is NAME=LOGDIR[:mode], mode `local` (sample_local, the default) or `edit` (sample_edit).
 See `ilat_ext.compare` for the metrics and outputs. Bad input (missing run, unsupported mode,
 mask of the wrong size, unknown --data) exits with status 2 and a message naming the problem.
@@ -12,28 +15,33 @@ import sys
 
 import torch
 
-from ilat_ext.compare import build_dataset, compare, load_run_methods, parse_run_spec
+from ilat_ext.compare import TASK_KEYS, build_dataset, compare, load_run_methods, parse_run_spec
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--run", action="append", default=[], metavar="NAME=LOGDIR[:mode]", required=True,
                    help="a method: a run's log dir (or checkpoint) and mode local|edit; repeatable")
-    p.add_argument("--data", default="toy_faces", help="toy_faces or config:PATH (a target:/params: dataset YAML)")
+    p.add_argument("--data", default="toy_faces",
+                   help="toy_faces, toy_poses (one held-out pair from each of --n stick-figure test videos) or "
+                        "config:PATH (a target:/params: dataset YAML, e.g. a Penn Action test split)")
+    p.add_argument("--task", choices=sorted(TASK_KEYS), default=None,
+                   help="the item keys' defaults: face (image, mask, sketch) or pose (reference cond_image edited "
+                        "into the target image); default: pose for --data toy_poses, else face")
     p.add_argument("--n", type=int, default=16, help="test items")
     p.add_argument("--size", type=int, default=64, help="image size of toy_faces")
     p.add_argument("--batch_size", type=int, default=4)
-    p.add_argument("--seed", type=int, default=0, help="toy_faces seed; sampling seed when not greedy")
+    p.add_argument("--seed", type=int, default=0, help="seed of the toy data (toy_faces, toy_poses); sampling seed when not greedy")
     p.add_argument("--greedy", action=argparse.BooleanOptionalAction, default=True,
                    help="top-1 sampling (the paper's default); --no-greedy draws with --top_k/--temperature")
     p.add_argument("--top_k", type=int, default=None)
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"])
     p.add_argument("--out", default="compare_out", help="output folder")
-    p.add_argument("--image_key", default="image")
-    p.add_argument("--mask_key", default="mask")
-    p.add_argument("--cond_key", default="sketch")
-    p.add_argument("--target_key", default=None, help="ground-truth key for PSNR/SSIM/MAE/FID (default: image_key)")
+    p.add_argument("--image_key", default=None, help="default: the --task's")
+    p.add_argument("--mask_key", default=None, help="default: the --task's")
+    p.add_argument("--cond_key", default=None, help="default: the --task's")
+    p.add_argument("--target_key", default=None, help="ground-truth key for PSNR/SSIM/MAE/FID (default: the --task's)")
     p.add_argument("--grid_rows", type=int, default=8)
     p.add_argument("--save_images", action="store_true", help="also write every image to OUT/images/<column>/")
     p.add_argument("--inception", default=None, help="Inception weight file or folder for FID")
@@ -45,6 +53,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    task = args.task or ("pose" if args.data == "toy_poses" else "face")
+    for key, value in TASK_KEYS[task].items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
     try:
         if args.device == "cuda" and not torch.cuda.is_available():
             raise ValueError("--device cuda, but CUDA is not available")

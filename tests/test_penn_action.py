@@ -95,9 +95,10 @@ def test_read_label_shapes(penn):
 
 def test_construction_counts_and_warns(penn):
     root, _ = penn
-    with pytest.warns(RuntimeWarning, match=r"1 unreadable label file.*0005\.mat"):
+    with pytest.warns(RuntimeWarning, match=r"1 unreadable label file.*0005\.mat.*\(the first: cannot read label"):
         ds = PennAction(str(root), split="train", size=64)
     assert ds.bad_labels == [str(root / "labels" / "0005.mat")]
+    assert list(ds.label_errors) == ds.bad_labels and "cannot read label file" in ds.label_errors[ds.bad_labels[0]]
     assert ds.videos == ["0001", "0002"] and "0006" in ds.skipped_videos
     # 0001: 6 label rows, 5 jpgs, frame 4 without visible joints -> frames 0-3; 0002: 4 (the
     # corrupt jpg is only found when read).

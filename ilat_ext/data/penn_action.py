@@ -33,8 +33,9 @@ Pairs
   then two distinct frames); the same list on every construction with the same files and seed.
 
 A frame is usable when its label row has at least one visible joint and its jpg exists. Videos
-whose label file cannot be read or parsed are skipped at construction, named in one warning and
-listed in `bad_labels`; videos with fewer than two usable frames are listed in `skipped_videos`.
+whose label file cannot be read or parsed are skipped at construction, named in one warning (with
+the first file's reason) and listed in `bad_labels` (`label_errors` says why for each); videos with
+fewer than two usable frames are listed in `skipped_videos`.
 A frame that cannot be decoded at __getitem__ is recorded in `unreadable_frames` (distinct, in this
 process), counted in `skipped_pairs`, and another pair is returned (train: a random one; test:
 the next one in the list): never a crash mid-epoch.
@@ -163,6 +164,7 @@ class PennAction(torch.utils.data.Dataset):
             if not os.path.isdir(path):
                 raise FileNotFoundError(f"{what} not found: {path!r}")
         self.bad_labels: List[str] = []
+        self.label_errors: Dict[str, str] = {}  # path -> why it was skipped
         self.skipped_videos: Dict[str, str] = {}
         self.videos: List[str] = []
         self.poses: List[np.ndarray] = []  # per video: (nframes, 13, 3) raw label poses
@@ -171,8 +173,9 @@ class PennAction(torch.utils.data.Dataset):
             video, path = name[:-4], os.path.join(labels_dir, name)
             try:
                 label = read_label(path)
-            except ValueError:
+            except ValueError as err:
                 self.bad_labels.append(path)
+                self.label_errors[path] = str(err)
                 continue
             if label["train"] != (self.split == "train"):
                 continue
@@ -191,7 +194,8 @@ class PennAction(torch.utils.data.Dataset):
         if self.bad_labels:
             shown = ", ".join(repr(p) for p in self.bad_labels[:5])
             warnings.warn(f"PennAction: skipped {len(self.bad_labels)} unreadable label file(s): {shown}"
-                          f"{' ...' if len(self.bad_labels) > 5 else ''}", RuntimeWarning, stacklevel=2)
+                          f"{' ...' if len(self.bad_labels) > 5 else ''} (the first: "
+                          f"{self.label_errors[self.bad_labels[0]]})", RuntimeWarning, stacklevel=2)
         if not self.videos:
             raise ValueError(
                 f"no usable {split} videos under {self.root!r} ({len(self.bad_labels)} unreadable label files, "
