@@ -165,8 +165,9 @@ def toy_pose_pairs(n: int, size: int = 64, seed: int = 0):
     """n held-out toy pose pairs, one from each of n test videos (the pair's frames vary with the video)."""
     from ilat_ext.data.toy_pose import ToyPoses
 
-    test = ToyPoses(size=size, length=n * 8, split="test", seed=seed, frames_per_video=8)
-    return torch.utils.data.Subset(test, [i * test.frames_per_video + i % test.frames_per_video for i in range(n)])
+    frames = 8
+    test = ToyPoses(size=size, length=n * frames, split="test", seed=seed, frames_per_video=frames)
+    return torch.utils.data.Subset(test, [i * frames + i % frames for i in range(n)])
 
 
 def build_dataset(data: str, n: int = 16, size: int = 64, seed: int = 0):

@@ -283,12 +283,6 @@ def main(argv: Optional[Sequence[str]] = None) -> Trainer:
         value = "logs/<run>/checkpoints/last.ckpt" if missing[0].endswith("ckpt_path") else "VALUE"
         parser.error(f"the config leaves {len(missing)} key(s) for the command line: {', '.join(missing)}; "
                      f"give each as key=value, e.g. {missing[0]}={value}")
-    if not opt.train and (opt.no_test or "test" not in config.data.get("params", {})):
-        # Upstream would build everything and exit 0 having done nothing: `-r run` without -t
-        # looks like a resume that finished at once.
-        reason = "--no-test was given" if opt.no_test else "the config has no data.params.test split"
-        what = "continue training the resumed run" if opt.resume else "train"
-        parser.error(f"nothing to do: -t/--train was not given and {reason}; add -t to {what}")
     lightning_config = config.pop("lightning", OmegaConf.create())
     trainer_config = _build_trainer_config(opt, lightning_config)
     lightning_config.trainer = trainer_config
@@ -302,6 +296,15 @@ def main(argv: Optional[Sequence[str]] = None) -> Trainer:
     if isinstance(data, DataModuleFromConfig):
         data.setup("fit")  # builds the datasets (idempotent), as upstream's main.py does before fit
         print("#### Data ####: " + ", ".join(f"{k} {type(v).__name__} {len(v)}" for k, v in data.datasets.items()))
+    will_test = (not opt.no_test and "test" in getattr(data, "dataset_configs", {})
+                 and _overrides(model, "test_step"))
+    if not opt.train and not will_test:
+        # Upstream would go on and exit 0 having done nothing: `-r run` without -t looked like a
+        # resume that finished at once. Still before the logger: no run folder is written.
+        reason = ("--no-test was given" if opt.no_test else "there is no test to run (no data.params.test "
+                  f"split, or {type(model).__name__} has no test_step)")
+        what = "continue training the resumed run" if opt.resume else "train"
+        parser.error(f"nothing to do: -t/--train was not given and {reason}; add -t to {what}")
 
     trainer_kwargs = dict(trainer_config)
     if not getattr(model, "automatic_optimization", True):
@@ -341,8 +344,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Trainer:
         if opt.train:
             # weights_only=True only tells Lightning what SafeCheckpointIO does anyway (it decides).
             trainer.fit(model, data, ckpt_path=ckpt_for_resume, weights_only=not opt.unsafe_load)
-        has_test = "test" in getattr(data, "dataset_configs", {})
-        if not opt.no_test and not trainer.interrupted and has_test and _overrides(model, "test_step"):
+        if will_test and not trainer.interrupted:
             trainer.test(model, data)
     finally:
         if opt.debug and not opt.resume and trainer.global_rank == 0 and os.path.isdir(logdir):

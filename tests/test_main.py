@@ -73,6 +73,10 @@ def test_resume_from_checkpoint_file_and_bad_paths(tmp_path, monkeypatch, capsys
     assert exit_info.value.code == 2
     assert "nothing to do: -t/--train was not given" in capsys.readouterr().err
     assert torch.load(os.path.join(logdir, "checkpoints", "last.ckpt"), weights_only=True)["global_step"] == 5
+    with pytest.raises(SystemExit):  # a test split, but a model without test_step: nothing to run either
+        _run(tmp_path, "data.params.test=${data.params.validation}", "--base", TOY_VQGAN)
+    assert "VQModel has no test_step" in capsys.readouterr().err
+    assert _single_run_dir(tmp_path) == logdir  # no run folder for it
     empty = tmp_path / "logs" / "empty_run"
     (empty / "checkpoints").mkdir(parents=True)
     with pytest.raises(FileNotFoundError, match="last.ckpt does not exist"):
