@@ -1000,3 +1000,178 @@ def test_pose_map_refuses_bad_values_and_landmark_only_features(batch):
         model.sample_local(x, mask, c, torch.zeros(3, 13, 32))
     with pytest.raises(ValueError, match="with pose_map the extra features"):
         model(x, c, mask, torch.zeros(3, 13, 32))
+
+
+# ============================================================================ warped condition
+def _warp_reference(target, reference, h, w, reach=1.0):
+    """`limb_warp` written out with complex numbers: per cell, the set of (source, weight) pairs of
+    the limbs that tie for the largest cover (any of them is a right answer)."""
+    from ilat_ext.data.pose import LIMBS
+
+    answers = []
+    for b in range(target.shape[0]):
+        cells = []
+        for r in range(h):
+            for q in range(w):
+                p = complex(q + 0.5, r + 0.5)
+                options = []
+                for a, e in LIMBS:
+                    if min(float(target[b, a, 2]), float(target[b, e, 2]), float(reference[b, a, 2]),
+                           float(reference[b, e, 2])) <= 0:
+                        continue
+                    at, bt = (complex(float(P[b, j, 0]) * w, float(P[b, j, 1]) * h) for P, j in
+                              ((target, a), (target, e)))
+                    ar, br = (complex(float(P[b, j, 0]) * w, float(P[b, j, 1]) * h) for P, j in
+                              ((reference, a), (reference, e)))
+                    cover = _segment_cover(p.real, p.imag, at.real, at.imag, bt.real, bt.imag, reach)
+                    lt, lr = abs(bt - at), abs(br - ar)
+                    ut = (bt - at) / lt if lt > 1e-6 else 1 + 0j
+                    ur = (br - ar) / lr if lr > 1e-6 else 1 + 0j
+                    local = (p - at) / ut                                  # along + i * beside
+                    on = min(max(local.real, 0.0), lt)
+                    along = (on / lt if lt > 1e-6 else 0.0) * lr + local.real - on
+                    moved = ar + complex(along, local.imag) * ur
+                    src = min(max(math.floor(moved.imag), 0), h - 1) * w + min(max(math.floor(moved.real), 0), w - 1)
+                    options.append((cover, src))
+                best = max([c for c, _ in options], default=0.0)
+                if best <= 0:
+                    cells.append(({r * w + q}, 0.0))
+                else:
+                    cells.append(({s for c, s in options if c >= best - 1e-6}, best))
+        answers.append(cells)
+    return answers
+
+
+@pytest.mark.parametrize("h, w, reach", [(8, 8, 1.0), (6, 10, 1.5)])
+def test_limb_warp_matches_a_loop_over_cells_and_limbs(h, w, reach):
+    """`limb_warp` against a complex-number reference per cell and limb; limbs invisible in either
+    pose are skipped; the same pose in both maps every cell to itself."""
+    from ilat_ext.models.pose_transformer import limb_map, limb_warp
+
+    g = torch.Generator().manual_seed(11)
+    target, reference = torch.rand(3, 13, 3, generator=g), torch.rand(3, 13, 3, generator=g)
+    target[..., 2], reference[..., 2] = 1.0, 1.0
+    target[1, 4, 2] = 0.0                                # r_elbow hidden in the target only
+    reference[2, 9, 2] = 0.0                             # r_hip hidden in the reference only
+    reference[0, 5, :2] = reference[0, 3, :2]            # a zero-length reference forearm
+    target[2, 1, :2] = target[2, 3, :2]                  # a zero-length target upper arm
+    source, weight = limb_warp(target, reference, h, w, reach)
+    assert source.shape == weight.shape == (3, h * w) and source.dtype == torch.long
+    for b, cells in enumerate(_warp_reference(target, reference, h, w, reach)):
+        for j, (sources, best) in enumerate(cells):
+            assert int(source[b, j]) in sources, (b, j, int(source[b, j]), sources)
+            assert abs(float(weight[b, j]) - best) < 1e-5, (b, j)
+    assert int((weight > 0).sum()) > h * w // 2                                       # the check saw limbs
+    same_source, same_weight = limb_warp(target, target, h, w, reach)
+    assert torch.equal(same_source, torch.arange(h * w).expand(3, -1))
+    torch.testing.assert_close(same_weight, limb_map(target, h, w, reach).amax(1).flatten(1), rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match=r"reference pose of shape \(3, 12, 3\)"):
+        limb_warp(target, reference[:, :12], h, w)
+    with pytest.raises(ValueError, match="3 target poses but 2 reference poses"):
+        limb_warp(target, reference[:2], h, w)
+
+
+def test_limb_warp_sends_a_raised_forearm_to_the_hanging_one():
+    """Reference: the left arm hangs down; target: the forearm points right. The cells along the
+    raised forearm take their tokens from the cells of the hanging forearm, in the same order."""
+    from ilat_ext.data.pose import L_ELBOW, L_SHOULDER, L_WRIST
+    from ilat_ext.models.pose_transformer import limb_warp
+
+    side = 16
+    reference = torch.zeros(1, 13, 3)
+    reference[0, L_SHOULDER] = torch.tensor([0.5, 0.3, 1.0])
+    reference[0, L_ELBOW] = torch.tensor([0.5, 0.5, 1.0])
+    reference[0, L_WRIST] = torch.tensor([0.5, 0.75, 1.0])
+    target = reference.clone()
+    target[0, L_WRIST] = torch.tensor([0.75, 0.5, 1.0])
+    source, weight = limb_warp(target, reference, side, side)
+    forearm_row = 7                                      # centres 0.5 cells above the raised forearm (y = 8)
+    rows, cols = [], []
+    for col in range(9, 12):
+        j = forearm_row * side + col
+        assert float(weight[0, j]) == pytest.approx(0.5)
+        r, q = divmod(int(source[0, j]), side)
+        rows.append(r), cols.append(q)
+    assert cols == [8, 8, 8]                             # beside the hanging forearm (x = 8), on the side the turn takes them
+    assert rows == sorted(rows) and rows[0] >= 8 and rows[-1] <= 12 and len(set(rows)) == 3
+    assert float(weight[0, 2 * side + 2]) == 0 and int(source[0, 2 * side + 2]) == 2 * side + 2   # far away: itself
+
+
+def test_warped_condition_adds_the_reference_token_along_the_limb_to_the_row_predicting_it(batch):
+    """PoseILATTransformer(warped_condition=True): the grid features are weight_j *
+    warp_emb(c[source_j]) of `limb_warp` (zero at the start, so the model equals one without it);
+    cached local sampling gives the training forward's logits; the reference pose and the
+    condition tokens change the predictions; the embedding is trained without weight decay."""
+    from ilat_ext.models.cond_transformer import transformer_param_groups
+    from ilat_ext.models.pose_transformer import PoseILATTransformer, limb_warp
+
+    plain = _build(cls=PoseILATTransformer, aligned_condition=True)
+    model = _build(cls=PoseILATTransformer, aligned_condition=True, warped_condition=True)
+    x, c, mask = batch
+    side, L = IMG // FACTOR, (IMG // FACTOR) ** 2
+    g = torch.Generator().manual_seed(7)
+    pose, ref_pose = torch.rand(3, 13, 3, generator=g), torch.rand(3, 13, 3, generator=g)
+    pose[..., 2], ref_pose[..., 2] = 1.0, 1.0
+    with torch.no_grad():
+        _, c_idx = model.encode_to_c(c)
+        extra = model.pose_features(pose, ref_pose, c_idx)
+        assert extra.shape == (3, 13 + L, 32) and torch.count_nonzero(extra[:, 13:]) == 0   # the zero start
+        torch.testing.assert_close(extra[:, :13], plain.pose_features(pose), rtol=0, atol=0)
+        torch.testing.assert_close(model(x, c, mask, extra)[0], plain(x, c, mask, plain.pose_features(pose))[0],
+                                   rtol=0, atol=0)
+        model.warp_emb.weight.normal_(std=0.5)
+        extra = model.pose_features(pose, ref_pose, c_idx)
+        emb, _, _ = model.sequence_inputs(c_idx, extra)
+        features = model.position_features(c_idx, emb.shape[1], L, extra)
+        aligned = plain.position_features(c_idx, emb.shape[1], L)
+    first_row = emb.shape[1] - 1
+    source, weight = limb_warp(pose, ref_pose, side, side)
+    assert (weight > 0).any() and (source != torch.arange(L)).any()
+    torch.testing.assert_close(features[:, :first_row], aligned[:, :first_row], rtol=0, atol=0)
+    for b in range(3):
+        for j in range(L):
+            want = aligned[b, first_row + j] + weight[b, j] * model.warp_emb.weight[c_idx[b, source[b, j]]]
+            torch.testing.assert_close(features[b, first_row + j], want, rtol=0, atol=1e-6)
+    with torch.no_grad():
+        r = model.sample_local(x, mask, c, extra, return_logits=True)
+        tf, _, _ = model.forward_tokens(r.indices, c_idx, r.token_mask, extra)
+        moved = model.pose_features(pose, ref_pose.flip(0), c_idx)      # another reference pose
+        changed, _, _ = model.forward_tokens(r.indices, c_idx, r.token_mask, moved)
+    generated = r.token_mask
+    assert generated.any()
+    torch.testing.assert_close(r.logits[generated], tf[generated][:, :N_CODES], atol=1e-4, rtol=0)
+    assert not torch.allclose(changed[generated], tf[generated], atol=1e-3)
+    groups = transformer_param_groups(model, 0.01)
+    assert id(model.warp_emb.weight) in {id(p) for p in groups[1]["params"]}
+
+
+def test_warped_condition_reads_the_reference_pose_and_refuses_what_it_cannot_use(batch):
+    from ilat_ext.models.pose_transformer import PoseILATTransformer
+
+    with pytest.raises(ValueError, match="warped_condition must be true or false"):
+        _build(cls=PoseILATTransformer, warped_condition=1)
+    with pytest.raises(ValueError, match=r"warped_condition needs the condition tokens on the image-token grid; "
+                                         r"the condition stage gives \(4, 4\), the first stage \(8, 8\)"):
+        _build(cls=PoseILATTransformer, warped_condition=True, downsample_cond_size=16)
+    model = _build(cls=PoseILATTransformer, warped_condition=True, pose_map=True)
+    x, c, mask = batch
+    pose = torch.rand(3, 13, 3, generator=torch.Generator().manual_seed(2))
+    with pytest.raises(ValueError, match=r"pose_features\(pose, ref_pose, c_idx\)"):
+        model.pose_features(pose)
+    with pytest.raises(ValueError, match=r"condition tokens of shape \(3, 16\), expected \(3, 64\)"):
+        model.pose_features(pose, pose, torch.zeros(3, 16, dtype=torch.long))
+    with pytest.raises(KeyError, match="'cond_pose'"):
+        model.condition_features({"pose": pose, "sketch": c.permute(0, 2, 3, 1)})
+    with torch.no_grad():
+        model.warp_emb.weight.normal_(std=0.5)
+        model.pose_map_conv.weight.normal_(std=0.05)
+        from_batch = model.condition_features({"pose": pose, "cond_pose": pose.flip(0),
+                                               "sketch": c.permute(0, 2, 3, 1)})
+        _, c_idx = model.encode_to_c(c)
+        direct = model.pose_features(pose, pose.flip(0), c_idx)
+        map_only = model.pose_features(pose, pose.flip(0), torch.zeros_like(c_idx))
+    torch.testing.assert_close(from_batch, direct, rtol=0, atol=0)
+    assert not torch.allclose(map_only[:, 13:], direct[:, 13:])           # both grid parts add up
+    with pytest.raises(ValueError, match=r"with pose_map or warped_condition the extra features must be "
+                                         r"\(B, 13 \+ 64, n_embd\)"):
+        model.sample_local(x, mask, c, torch.zeros(3, 13, 32))

@@ -55,6 +55,74 @@ def limb_map(pose: torch.Tensor, h: int, w: int, reach: float = 1.0) -> torch.Te
     return cover.view(pose.shape[0], len(LIMBS), h, w)
 
 
+def limb_warp(target: torch.Tensor, reference: torch.Tensor, h: int, w: int,
+              reach: float = 1.0) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Where each target-pose grid cell comes from in the reference frame, limb by limb.
+
+    target, reference: (B, 13, 3) normalised poses [x/W, y/H, visibility] of the same person ->
+    (source (B, h*w) long, weight (B, h*w) float). Cell j (centre p, in cells) belongs to the limb
+    whose `limb_map` cover max(0, 1 - d / reach) is largest there (the first such limb on a tie),
+    counting only limbs visible in both poses; weight is that cover (0: no limb near j, source j).
+    In the limb's frame p = a_t + s u_t + d n_t (u_t along the target segment a_t -> b_t, n_t its
+    normal u_t turned by 90 degrees); the point along the segment moves to the same fraction of the
+    reference segment, what lies beyond an end or beside the limb keeps its distance in cells:
+
+        q = a_r + (clamp(s, 0, |t|) / |t| * |r| + s - clamp(s, 0, |t|)) u_r + d n_r
+
+    and source is the reference cell that holds q (clamped to the grid). A zero-length segment
+    counts as pointing along +x. Example: a forearm raised from pointing down to pointing right
+    sends the cells along the raised forearm to the cells the hanging forearm covers."""
+    target = torch.as_tensor(target, dtype=torch.float32)
+    reference = torch.as_tensor(reference, dtype=torch.float32, device=target.device)
+    for name, pose in (("target", target), ("reference", reference)):
+        if pose.dim() != 3 or pose.shape[1:] != (NUM_JOINTS, 3):
+            raise ValueError(f"{name} pose of shape {tuple(pose.shape)} must be (B, {NUM_JOINTS}, 3)")
+    if target.shape[0] != reference.shape[0]:
+        raise ValueError(f"{target.shape[0]} target poses but {reference.shape[0]} reference poses")
+    device = target.device
+    a_idx = torch.tensor([a for a, _ in LIMBS], device=device)
+    b_idx = torch.tensor([b for _, b in LIMBS], device=device)
+    scale = torch.tensor([float(w), float(h)], device=device)
+
+    def frame(pose):  # (B, K, 2) start, unit direction, normal and length, in cells
+        a, b = pose[:, a_idx, :2] * scale, pose[:, b_idx, :2] * scale
+        length = (b - a).norm(dim=-1)                                                   # (B, K)
+        unit = torch.where(length[..., None] > 1e-6, (b - a) / length.clamp_min(1e-6)[..., None],
+                           torch.tensor([1.0, 0.0], device=device))
+        normal = torch.stack([-unit[..., 1], unit[..., 0]], dim=-1)
+        return a, unit, normal, length
+
+    a_t, u_t, n_t, len_t = frame(target)
+    a_r, u_r, n_r, len_r = frame(reference)
+    visible = ((target[:, a_idx, 2] > 0) & (target[:, b_idx, 2] > 0)
+               & (reference[:, a_idx, 2] > 0) & (reference[:, b_idx, 2] > 0))           # (B, K)
+    ys, xs = torch.meshgrid(torch.arange(h, device=device, dtype=torch.float32) + 0.5,
+                            torch.arange(w, device=device, dtype=torch.float32) + 0.5, indexing="ij")
+    offset = torch.stack([xs, ys], dim=-1).view(1, 1, h * w, 2) - a_t[:, :, None]       # (B, K, L, 2)
+    s = (offset * u_t[:, :, None]).sum(-1)                                              # along the limb
+    d = (offset * n_t[:, :, None]).sum(-1)                                              # beside it
+    on = torch.minimum(s.clamp_min(0), len_t[..., None])                                # (B, K, L)
+    distance = torch.sqrt((s - on) ** 2 + d ** 2)
+    cover = (1 - distance / reach).clamp_min(0) * visible[..., None]
+    weight, limb = cover.max(dim=1)                                                     # (B, L)
+
+    def pick(t):  # (B, K, ...) -> the chosen limb's entry per cell
+        t = t if t.dim() == 3 else t[:, :, None].expand(-1, -1, h * w)                  # (B, K, L)
+        return t.gather(1, limb[:, None]).squeeze(1)
+
+    def pick2(v):  # (B, K, 2) -> (B, L, 2)
+        return torch.stack([pick(v[..., 0]), pick(v[..., 1])], dim=-1)
+
+    s_, d_, on_ = pick(s), pick(d), pick(on)
+    frac = torch.where(pick(len_t) > 1e-6, on_ / pick(len_t).clamp_min(1e-6), torch.zeros_like(on_))
+    along = frac * pick(len_r) + (s_ - on_)
+    q = pick2(a_r) + along[..., None] * pick2(u_r) + d_[..., None] * pick2(n_r)         # (B, L, 2)
+    col = q[..., 0].floor().clamp(0, w - 1).long()
+    row = q[..., 1].floor().clamp(0, h - 1).long()
+    source = torch.where(weight > 0, row * w + col, torch.arange(h * w, device=device).expand_as(row))
+    return source, weight
+
+
 class PoseILATTransformer(ILATTransformer):
     """`ILATTransformer` plus a PointMLP for the target pose (the "start" layout only).
 
@@ -76,6 +144,17 @@ class PoseILATTransformer(ILATTransformer):
             (an addition of ours, off by default; the paper has the PointMLP only). The model's
             extra condition features are then the 13 landmark features followed by the L map
             features (`pose_features`); only the 13 enter the sequence.
+        warped_condition: also give the row that predicts grid cell j the reference frame's token
+            where the limb nearest j lies in the reference pose (`limb_warp`: each limb's cells are
+            carried from the target pose back to the reference pose), through an embedding of its
+            own (zero at the start), scaled by how close j is to that limb and added with the map
+            features. `aligned_condition` gives the reference token at j itself, which is the
+            person only where the person hardly moves (the torso, legs that stay put); a raised arm
+            lands where the reference shows background, and its colour had to be found among 256
+            condition tokens by attention, which the toy runs did not learn (arm error 0.26
+            against 0.17 for the ground-truth codes). Needs the reference pose (`ref_pose_key`)
+            and a condition on the image-token grid. An addition of ours, off by default.
+        ref_pose_key: batch entry of the reference (condition frame) pose for `warped_condition`.
 
     Defaults follow the pose task: first_stage_key "image" (the target frame), cond_stage_key
     "cond_image" (the condition frame).
@@ -92,7 +171,8 @@ class PoseILATTransformer(ILATTransformer):
                  betas: Tuple[float, float] = (0.9, 0.95), warmup_steps: int = 0,
                  decay_steps: Union[int, str, None] = None, baseline_config=None, pos_emb_init: Optional[str] = None,
                  joint_position_codes: bool = False, aligned_condition: bool = False,
-                 aligned_kernel: int = 1, pose_map: bool = False):
+                 aligned_kernel: int = 1, pose_map: bool = False, warped_condition: bool = False,
+                 ref_pose_key: str = "cond_pose"):
         super().__init__(transformer_config, first_stage_config, cond_stage_config, permuter_config=permuter_config,
                          ckpt_path=None, first_stage_key=first_stage_key, cond_stage_key=cond_stage_key,
                          mask_key=mask_key, layout="start", lm_rate=lm_rate,
@@ -116,20 +196,47 @@ class PoseILATTransformer(ILATTransformer):
             self.pose_map_conv = nn.Conv2d(len(LIMBS), self.transformer.n_embd, 3, padding=1)
             nn.init.zeros_(self.pose_map_conv.weight)
             nn.init.zeros_(self.pose_map_conv.bias)
+        if not isinstance(warped_condition, bool):
+            raise ValueError(f"warped_condition must be true or false, got {warped_condition!r}")
+        self.ref_pose_key = ref_pose_key
+        self.warp_emb = None
+        if warped_condition:
+            cond = stage_grid(self.cond_stage_model, self.downsample_cond_size)
+            if self.pose_grid is None or cond != self.pose_grid:
+                raise ValueError(f"warped_condition needs the condition tokens on the image-token grid; the "
+                                 f"condition stage gives {cond}, the first stage {self.pose_grid}")
+            self.warp_emb = nn.Embedding(self.n_cond_codes, self.transformer.n_embd)
+            nn.init.zeros_(self.warp_emb.weight)
         if ckpt_path is not None:
             self.init_from_ckpt(ckpt_path, ignore_keys=ignore_keys)
 
+    @property
+    def _has_grid_features(self) -> bool:
+        return self.pose_map_conv is not None or self.warp_emb is not None
+
     # ------------------------------------------------------------------ condition
     def condition_features(self, batch) -> torch.Tensor:
-        """The PointMLP features (B, 13, n_embd) of batch[pose_key]."""
+        """`pose_features` of batch[pose_key] (with `warped_condition`, also of batch[ref_pose_key]
+        and the condition frame's tokens)."""
         if self.pose_key not in batch:
             raise KeyError(f"the batch has no '{self.pose_key}' entry (keys: {sorted(batch)}): the pose model needs "
                            "the normalised target pose (B, 13, 3)")
-        return self.pose_features(batch[self.pose_key])
+        if self.warp_emb is None:
+            return self.pose_features(batch[self.pose_key])
+        if self.ref_pose_key not in batch:
+            raise KeyError(f"the batch has no '{self.ref_pose_key}' entry (keys: {sorted(batch)}): warped_condition "
+                           "needs the normalised reference pose (B, 13, 3)")
+        if self.token_batch_key in batch:
+            c_idx = self.batch_tokens(batch, "c_indices")
+        else:
+            _, c_idx = self.encode_to_c(self.get_input(self.cond_stage_key, batch).to(self.device))
+        return self.pose_features(batch[self.pose_key], batch[self.ref_pose_key], c_idx)
 
-    def pose_features(self, pose) -> torch.Tensor:
-        """pose (B, 13, 3) normalised [x/W, y/H, visibility] -> (B, 13, n_embd); with `pose_map`,
-        (B, 13 + L, n_embd): the landmark features, then the map features of the L grid cells."""
+    def pose_features(self, pose, ref_pose=None, c_idx: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """pose (B, 13, 3) normalised [x/W, y/H, visibility] -> (B, 13, n_embd); with `pose_map` or
+        `warped_condition`, (B, 13 + L, n_embd): the landmark features, then the features of the L
+        grid cells (the map's plus the warped reference tokens'). `warped_condition` needs ref_pose
+        (B, 13, 3), normalised as pose, and c_idx (B, L) the reference frame's condition tokens."""
         pose = torch.as_tensor(pose, dtype=torch.float32, device=self.device)
         features = self.point_mlp(pose)
         if self.joint_position_codes:
@@ -138,20 +245,38 @@ class PoseILATTransformer(ILATTransformer):
             cells = max(stage_grid(self.first_stage_model))
             codes = position_codes(pose[..., 1], pose[..., 0], features.shape[-1], cells)
             features = features + codes.to(features) * (pose[..., 2:3] > 0)
+        if not self._has_grid_features:
+            return features
+        h, w = self.pose_grid
+        grid = features.new_zeros(features.shape[0], h * w, features.shape[-1])
         if self.pose_map_conv is not None:
-            h, w = self.pose_grid
-            grid = self.pose_map_conv(limb_map(pose, h, w))                            # (B, C, h, w)
-            features = torch.cat([features, grid.flatten(2).transpose(1, 2).to(features)], dim=1)
-        return features
+            grid = grid + self.pose_map_conv(limb_map(pose, h, w)).flatten(2).transpose(1, 2).to(features)
+        if self.warp_emb is not None:
+            grid = grid + self.warped_features(pose, ref_pose, c_idx).to(features)
+        return torch.cat([features, grid], dim=1)
+
+    def warped_features(self, pose, ref_pose, c_idx: Optional[torch.Tensor]) -> torch.Tensor:
+        """`warped_condition`: (B, L, n_embd), weight_j * warp_emb(c_idx[source_j]) from `limb_warp`."""
+        if ref_pose is None or c_idx is None:
+            raise ValueError("warped_condition needs the reference pose and the condition tokens: "
+                             "pose_features(pose, ref_pose, c_idx)")
+        h, w = self.pose_grid
+        ref_pose = torch.as_tensor(ref_pose, dtype=torch.float32, device=self.device)
+        c_idx = torch.as_tensor(c_idx, device=self.device).long()
+        if c_idx.dim() != 2 or c_idx.shape != (pose.shape[0], h * w):
+            raise ValueError(f"warped_condition: condition tokens of shape {tuple(c_idx.shape)}, expected "
+                             f"({pose.shape[0]}, {h * w}) (one per grid cell)")
+        source, weight = limb_warp(pose, ref_pose, h, w)                                # (B, L) each
+        return self.warp_emb(c_idx.gather(1, source)) * weight[..., None]
 
     def _split_extra(self, extra: Optional[torch.Tensor]):
         """extra features -> (the 13 landmark features for the sequence, the map features or None)."""
-        if extra is None or self.pose_map_conv is None:
+        if extra is None or not self._has_grid_features:
             return extra, None
         n_grid = self.pose_grid[0] * self.pose_grid[1]
         if extra.dim() != 3 or extra.shape[1] != NUM_JOINTS + n_grid:
-            raise ValueError(f"with pose_map the extra features must be (B, {NUM_JOINTS} + {n_grid}, n_embd) "
-                             f"(pose_features' output), got {tuple(extra.shape)}")
+            raise ValueError(f"with pose_map or warped_condition the extra features must be (B, {NUM_JOINTS} + "
+                             f"{n_grid}, n_embd) (pose_features' output), got {tuple(extra.shape)}")
         return extra[:, :NUM_JOINTS], extra[:, NUM_JOINTS:]
 
     def sequence_inputs(self, c_indices: torch.Tensor, extra: Optional[torch.Tensor] = None):
@@ -160,14 +285,14 @@ class PoseILATTransformer(ILATTransformer):
 
     def position_features(self, c_idx: torch.Tensor, n_pre: int, n_grid: int,
                           extra: Optional[torch.Tensor] = None) -> Optional[torch.Tensor]:
-        """The aligned condition (if any) plus, with `pose_map`, the map features of cell j at the
-        position that predicts cell j (n_pre - 1 + j)."""
+        """The aligned condition (if any) plus, with `pose_map` / `warped_condition`, the grid
+        features of cell j at the position that predicts cell j (n_pre - 1 + j)."""
         features = super().position_features(c_idx, n_pre, n_grid, extra)
         grid = self._split_extra(extra)[1]
         if grid is None:
             return features
         if grid.shape[1] != n_grid:
-            raise ValueError(f"pose_map: map features for {grid.shape[1]} cells, the sequence has {n_grid}")
+            raise ValueError(f"grid features for {grid.shape[1]} cells, the sequence has {n_grid}")
         grid = torch.nn.functional.pad(grid, (0, 0, n_pre - 1, 0))
         return grid if features is None else features + grid.to(features)
 
@@ -211,8 +336,17 @@ class PoseILATTransformer(ILATTransformer):
         if tgt.shape[0] != reference.shape[0]:
             raise ValueError(f"{tgt.shape[0]} target poses for {reference.shape[0]} reference images")
         pose = np.stack([normalise_pose(t, H, W) for t in tgt])
-        extra = self.pose_features(pose)
         reference = reference.to(self.device)
+        if self.warp_emb is None:
+            extra = self.pose_features(pose)
+        else:
+            ref = np.asarray(ref_pose_px, np.float32)
+            ref = ref[None] if ref.ndim == 2 else ref
+            if ref.shape[0] not in (1, tgt.shape[0]):
+                raise ValueError(f"{ref.shape[0]} reference poses for {tgt.shape[0]} target poses")
+            ref = np.broadcast_to(ref, (tgt.shape[0], *ref.shape[1:]))
+            ref = np.stack([normalise_pose(check_pose(r, H, W, "reference pose"), H, W) for r in ref])
+            extra = self.pose_features(pose, ref, self.encode_to_c(reference)[1])
         edit = self.sample_local if mode == "local" else self.sample_edit
         return edit(reference, mask, reference, extra, **sampling)
 
