@@ -929,6 +929,20 @@ def test_limb_map_is_each_limbs_cover_of_the_cell_centres(h, w, reach):
         limb_map(torch.zeros(1, 12, 3), h, w)
 
 
+def _check_cached_logits_and_that_features_matter(model, batch, c_idx, extra, other):
+    """The cached local edit with `extra` draws each generated token from the training forward's
+    logits (teacher-forced on the result), and the features `other` change those logits."""
+    x, c, mask = batch
+    with torch.no_grad():
+        r = model.sample_local(x, mask, c, extra, return_logits=True)
+        tf, _, _ = model.forward_tokens(r.indices, c_idx, r.token_mask, extra)
+        changed, _, _ = model.forward_tokens(r.indices, c_idx, r.token_mask, other)
+    generated = r.token_mask
+    assert generated.any()
+    torch.testing.assert_close(r.logits[generated], tf[generated][:, :N_CODES], atol=1e-4, rtol=0)
+    assert not torch.allclose(changed[generated], tf[generated], atol=1e-3)
+
+
 def test_pose_map_adds_the_skeleton_around_cell_j_to_the_row_predicting_it(batch):
     """PoseILATTransformer(pose_map=True): the extra features are the 13 landmark features then one
     per grid cell; only the 13 enter the sequence; the row predicting cell (r, q) gets the 3x3
@@ -972,18 +986,12 @@ def test_pose_map_adds_the_skeleton_around_cell_j_to_the_row_predicting_it(batch
                     if 0 <= r + dr < side and 0 <= q + dq < side:
                         want = want + weight[:, :, dr + 1, dq + 1] @ cover[b, :, r + dr, q + dq]
             torch.testing.assert_close(features[b, first_row + j], want, rtol=0, atol=1e-5)
+    moved = pose.clone()
+    moved[:, :, :2] = 1 - moved[:, :, :2]
     with torch.no_grad():
-        r = model.sample_local(x, mask, c, extra, return_logits=True)
-        tf, _, _ = model.forward_tokens(r.indices, c_idx, r.token_mask, extra)  # teacher-forced on the result
-        moved = pose.clone()
-        moved[:, :, :2] = 1 - moved[:, :, :2]
         other = model.pose_features(moved)
         other[:, :13] = extra[:, :13]                             # only the map differs
-        changed, _, _ = model.forward_tokens(r.indices, c_idx, r.token_mask, other)
-    generated = r.token_mask
-    assert generated.any()
-    torch.testing.assert_close(r.logits[generated], tf[generated][:, :N_CODES], atol=1e-4, rtol=0)
-    assert not torch.allclose(changed[generated], tf[generated], atol=1e-3)
+    _check_cached_logits_and_that_features_matter(model, batch, c_idx, extra, other)
     groups = transformer_param_groups(model, 0.01)
     assert id(model.pose_map_conv.weight) in {id(p) for p in groups[0]["params"]}
     assert id(model.pose_map_conv.bias) in {id(p) for p in groups[1]["params"]}
@@ -996,9 +1004,10 @@ def test_pose_map_refuses_bad_values_and_landmark_only_features(batch):
         _build(cls=PoseILATTransformer, pose_map="yes")
     model = _build(cls=PoseILATTransformer, pose_map=True)
     x, c, mask = batch
-    with pytest.raises(ValueError, match=r"with pose_map the extra features must be \(B, 13 \+ 64, n_embd\)"):
+    with pytest.raises(ValueError, match=r"with pose_map or warped_condition the extra features must be "
+                                         r"\(B, 13 \+ 64, n_embd\)"):
         model.sample_local(x, mask, c, torch.zeros(3, 13, 32))
-    with pytest.raises(ValueError, match="with pose_map the extra features"):
+    with pytest.raises(ValueError, match="with pose_map or warped_condition the extra features"):
         model(x, c, mask, torch.zeros(3, 13, 32))
 
 
@@ -1133,14 +1142,8 @@ def test_warped_condition_adds_the_reference_token_along_the_limb_to_the_row_pre
             want = aligned[b, first_row + j] + weight[b, j] * model.warp_emb.weight[c_idx[b, source[b, j]]]
             torch.testing.assert_close(features[b, first_row + j], want, rtol=0, atol=1e-6)
     with torch.no_grad():
-        r = model.sample_local(x, mask, c, extra, return_logits=True)
-        tf, _, _ = model.forward_tokens(r.indices, c_idx, r.token_mask, extra)
         moved = model.pose_features(pose, ref_pose.flip(0), c_idx)      # another reference pose
-        changed, _, _ = model.forward_tokens(r.indices, c_idx, r.token_mask, moved)
-    generated = r.token_mask
-    assert generated.any()
-    torch.testing.assert_close(r.logits[generated], tf[generated][:, :N_CODES], atol=1e-4, rtol=0)
-    assert not torch.allclose(changed[generated], tf[generated], atol=1e-3)
+    _check_cached_logits_and_that_features_matter(model, batch, c_idx, extra, moved)
     groups = transformer_param_groups(model, 0.01)
     assert id(model.warp_emb.weight) in {id(p) for p in groups[1]["params"]}
 

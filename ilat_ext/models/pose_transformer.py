@@ -18,6 +18,11 @@ trained with `lm_rate: 1.0` (plain causal attention, loss on every token); only 
 offers `sample_edit` (Taming's edit: everything from the first masked token on, fully quantized).
 iLAT* (paper Table 1: without two-stream convolutions) is this class with a plain `VQModel` first
 stage.
+
+Two options of ours put the poses on the token grid, at the row that predicts each cell (off by
+default, on in the toy configs): `pose_map` (the target skeleton around the cell, `limb_map`) and
+`warped_condition` (the reference token where the cell's limb lies in the reference pose,
+`limb_warp`).
 """
 from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Union
 
