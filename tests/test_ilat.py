@@ -1040,8 +1040,8 @@ def _warp_reference(target, reference, h, w, reach=1.0):
                     on = min(max(local.real, 0.0), lt)
                     along = (on / lt if lt > 1e-6 else 0.0) * lr + local.real - on
                     moved = ar + complex(along, local.imag) * ur
-                    src = min(max(math.floor(moved.imag), 0), h - 1) * w + min(max(math.floor(moved.real), 0), w - 1)
-                    options.append((cover, src))
+                    row, col = min(max(math.floor(moved.imag), 0), h - 1), min(max(math.floor(moved.real), 0), w - 1)
+                    options.append((cover, row * w + col))
                 best = max([c for c, _ in options], default=0.0)
                 if best <= 0:
                     cells.append(({r * w + q}, 0.0))
@@ -1101,7 +1101,7 @@ def test_limb_warp_sends_a_raised_forearm_to_the_hanging_one():
         assert float(weight[0, j]) == pytest.approx(0.5)
         r, q = divmod(int(source[0, j]), side)
         rows.append(r), cols.append(q)
-    assert cols == [8, 8, 8]                             # beside the hanging forearm (x = 8), on the side the turn takes them
+    assert cols == [8, 8, 8]            # beside the hanging forearm (x = 8), on the side the turn takes them
     assert rows == sorted(rows) and rows[0] >= 8 and rows[-1] <= 12 and len(set(rows)) == 3
     assert float(weight[0, 2 * side + 2]) == 0 and int(source[0, 2 * side + 2]) == 2 * side + 2   # far away: itself
 
