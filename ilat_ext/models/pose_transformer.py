@@ -231,10 +231,7 @@ class PoseILATTransformer(ILATTransformer):
         if self.ref_pose_key not in batch:
             raise KeyError(f"the batch has no '{self.ref_pose_key}' entry (keys: {sorted(batch)}): warped_condition "
                            "needs the normalised reference pose (B, 13, 3)")
-        if self.token_batch_key in batch:
-            c_idx = self.batch_tokens(batch, "c_indices")
-        else:
-            _, c_idx = self.encode_to_c(self.get_input(self.cond_stage_key, batch).to(self.device))
+        _, c_idx = self.encode_to_c(self.get_input(self.cond_stage_key, batch).to(self.device))
         return self.pose_features(batch[self.pose_key], batch[self.ref_pose_key], c_idx)
 
     def pose_features(self, pose, ref_pose=None, c_idx: Optional[torch.Tensor] = None) -> torch.Tensor:
