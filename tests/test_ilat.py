@@ -1112,7 +1112,7 @@ def test_warped_condition_adds_the_reference_token_along_the_limb_to_the_row_pre
     cached local sampling gives the training forward's logits; the reference pose and the
     condition tokens change the predictions; the embedding is trained without weight decay."""
     from ilat_ext.models.cond_transformer import transformer_param_groups
-    from ilat_ext.models.pose_transformer import PoseILATTransformer, limb_warp
+    from ilat_ext.models.pose_transformer import PoseCondition, PoseILATTransformer, limb_warp
 
     plain = _build(cls=PoseILATTransformer, aligned_condition=True)
     model = _build(cls=PoseILATTransformer, aligned_condition=True, warped_condition=True)
@@ -1123,13 +1123,14 @@ def test_warped_condition_adds_the_reference_token_along_the_limb_to_the_row_pre
     pose[..., 2], ref_pose[..., 2] = 1.0, 1.0
     with torch.no_grad():
         _, c_idx = model.encode_to_c(c)
-        extra = model.pose_features(pose, ref_pose, c_idx)
-        assert extra.shape == (3, 13 + L, 32) and torch.count_nonzero(extra[:, 13:]) == 0   # the zero start
-        torch.testing.assert_close(extra[:, :13], plain.pose_features(pose), rtol=0, atol=0)
+        extra = model.pose_features(pose, ref_pose)
+        assert isinstance(extra, PoseCondition)
+        assert extra.features.shape == (3, 13 + L, 32) and torch.count_nonzero(extra.features[:, 13:]) == 0
+        torch.testing.assert_close(extra.features[:, :13], plain.pose_features(pose), rtol=0, atol=0)
+        torch.testing.assert_close((extra.source, extra.weight), limb_warp(pose, ref_pose, side, side), rtol=0, atol=0)
         torch.testing.assert_close(model(x, c, mask, extra)[0], plain(x, c, mask, plain.pose_features(pose))[0],
-                                   rtol=0, atol=0)
+                                   rtol=0, atol=0)                                  # the zero start
         model.warp_emb.weight.normal_(std=0.5)
-        extra = model.pose_features(pose, ref_pose, c_idx)
         emb, _, _ = model.sequence_inputs(c_idx, extra)
         features = model.position_features(c_idx, emb.shape[1], L, extra)
         aligned = plain.position_features(c_idx, emb.shape[1], L)
@@ -1142,7 +1143,7 @@ def test_warped_condition_adds_the_reference_token_along_the_limb_to_the_row_pre
             want = aligned[b, first_row + j] + weight[b, j] * model.warp_emb.weight[c_idx[b, source[b, j]]]
             torch.testing.assert_close(features[b, first_row + j], want, rtol=0, atol=1e-6)
     with torch.no_grad():
-        moved = model.pose_features(pose, ref_pose.flip(0), c_idx)      # another reference pose
+        moved = model.pose_features(pose, ref_pose.flip(0))             # another reference pose
     _check_cached_logits_and_that_features_matter(model, batch, c_idx, extra, moved)
     groups = transformer_param_groups(model, 0.01)
     assert id(model.warp_emb.weight) in {id(p) for p in groups[1]["params"]}
@@ -1159,10 +1160,11 @@ def test_warped_condition_reads_the_reference_pose_and_refuses_what_it_cannot_us
     model = _build(cls=PoseILATTransformer, warped_condition=True, pose_map=True)
     x, c, mask = batch
     pose = torch.rand(3, 13, 3, generator=torch.Generator().manual_seed(2))
-    with pytest.raises(ValueError, match=r"pose_features\(pose, ref_pose, c_idx\)"):
+    with pytest.raises(ValueError, match=r"needs the reference pose: pose_features\(pose, ref_pose\)"):
         model.pose_features(pose)
-    with pytest.raises(ValueError, match=r"condition tokens of shape \(3, 16\), expected \(3, 64\)"):
-        model.pose_features(pose, pose, torch.zeros(3, 16, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"condition tokens of shape \(3, 16\), the warp needs \(3, 64\)"):
+        model.position_features(torch.zeros(3, 16, dtype=torch.long), 1 + 16 + 13 + 1, 64,
+                                model.pose_features(pose, pose))
     with pytest.raises(KeyError, match="'cond_pose'"):
         model.condition_features({"pose": pose, "sketch": c.permute(0, 2, 3, 1)})
     with torch.no_grad():
@@ -1171,10 +1173,17 @@ def test_warped_condition_reads_the_reference_pose_and_refuses_what_it_cannot_us
         from_batch = model.condition_features({"pose": pose, "cond_pose": pose.flip(0),
                                                "sketch": c.permute(0, 2, 3, 1)})
         _, c_idx = model.encode_to_c(c)
-        direct = model.pose_features(pose, pose.flip(0), c_idx)
-        map_only = model.pose_features(pose, pose.flip(0), torch.zeros_like(c_idx))
+        direct = model.pose_features(pose, pose.flip(0))
+        n_pre = 1 + 64 + 13 + 1
+        both = model.position_features(c_idx, n_pre, 64, direct)
+        other_tokens = model.position_features((c_idx + 1) % 16, n_pre, 64, direct)
+        map_only = direct.features[:, 13:]
     torch.testing.assert_close(from_batch, direct, rtol=0, atol=0)
-    assert not torch.allclose(map_only[:, 13:], direct[:, 13:])           # both grid parts add up
+    assert torch.count_nonzero(map_only) and not torch.allclose(both[:, n_pre - 1:], map_only)  # both grid parts
+    assert not torch.allclose(other_tokens[:, n_pre - 1:], both[:, n_pre - 1:])  # the warp reads the tokens
+    with pytest.raises(ValueError, match=r"with warped_condition the extra condition is pose_features\(pose, "
+                                         r"ref_pose\)'s PoseCondition, got Tensor"):
+        model.sample_local(x, mask, c, torch.zeros(3, 13 + 64, 32))
     with pytest.raises(ValueError, match=r"with pose_map or warped_condition the extra features must be "
                                          r"\(B, 13 \+ 64, n_embd\)"):
-        model.sample_local(x, mask, c, torch.zeros(3, 13, 32))
+        model.sample_local(x, mask, c, direct._replace(features=torch.zeros(3, 13, 32)))

@@ -94,12 +94,11 @@ def test_pose_runs_train_log_and_synthesize(runs):
     # not depend on the pose, the masked tokens' predictions do
     c = reference
     assert model.warp_emb is not None and model.pose_map_conv is not None        # the toy config's options
-    _, c_idx = model.encode_to_c(reference)
     ref_pose = torch.from_numpy(item["cond_pose"])[None]
-    extra_a = model.pose_features(torch.from_numpy(item["pose"])[None], ref_pose, c_idx)
+    extra_a = model.pose_features(torch.from_numpy(item["pose"])[None], ref_pose)
     torch.testing.assert_close(extra_a, model.edit_inputs({k: torch.as_tensor(v)[None] for k, v in item.items()
                                                            if k not in ("video", "index")})["extra"], rtol=0, atol=0)
-    extra_b = model.pose_features(torch.rand(1, 13, 3), ref_pose, c_idx)
+    extra_b = model.pose_features(torch.rand(1, 13, 3), ref_pose)
     with torch.no_grad():
         la, _, w = model.eval()(reference, c, mask, extra_a)
         lb, _, _ = model(reference, c, mask, extra_b)

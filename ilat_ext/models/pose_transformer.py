@@ -24,7 +24,7 @@ default, on in the toy configs): `pose_map` (the target skeleton around the cell
 `warped_condition` (the reference token where the cell's limb lies in the reference pose,
 `limb_warp`).
 """
-from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Mapping, NamedTuple, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -36,28 +36,51 @@ from ilat_ext.models.ilat_transformer import ILATTransformer
 from ilat_ext.modules.pointmlp import PointMLP
 
 
+def _limb_frames(pose: torch.Tensor, h: int, w: int):
+    """Each limb of pose (B, 13, 3) on an h x w grid, in cells: start a (B, K, 2), unit direction u
+    (+x for a zero-length limb), normal n (u turned by 90 degrees), length (B, K) and whether both
+    ends are visible (B, K)."""
+    pose = torch.as_tensor(pose, dtype=torch.float32)
+    if pose.dim() != 3 or pose.shape[1:] != (NUM_JOINTS, 3):
+        raise ValueError(f"pose of shape {tuple(pose.shape)} must be (B, {NUM_JOINTS}, 3)")
+    device = pose.device
+    a_idx = torch.tensor([a for a, _ in LIMBS], device=device)
+    b_idx = torch.tensor([b for _, b in LIMBS], device=device)
+    scale = torch.tensor([float(w), float(h)], device=device)
+    a, b = pose[:, a_idx, :2] * scale, pose[:, b_idx, :2] * scale
+    length = (b - a).norm(dim=-1)
+    unit = torch.where(length[..., None] > 1e-6, (b - a) / length.clamp_min(1e-6)[..., None],
+                       torch.tensor([1.0, 0.0], device=device))
+    normal = torch.stack([-unit[..., 1], unit[..., 0]], dim=-1)
+    visible = (pose[:, a_idx, 2] > 0) & (pose[:, b_idx, 2] > 0)
+    return a, unit, normal, length, visible
+
+
+def _cell_coordinates(a, unit, normal, length, h: int, w: int):
+    """Every cell centre (q + 0.5, r + 0.5) in each limb's frame: along s, beside d and the nearest
+    point's place along the limb on = clamp(s, 0, length), each (B, K, h*w)."""
+    ys, xs = torch.meshgrid(torch.arange(h, device=a.device, dtype=torch.float32) + 0.5,
+                            torch.arange(w, device=a.device, dtype=torch.float32) + 0.5, indexing="ij")
+    offset = torch.stack([xs, ys], dim=-1).view(1, 1, h * w, 2) - a[:, :, None]          # (B, K, L, 2)
+    s = (offset * unit[:, :, None]).sum(-1)
+    d = (offset * normal[:, :, None]).sum(-1)
+    return s, d, torch.minimum(s.clamp_min(0), length[..., None])
+
+
+def _cover(s, d, on, visible, reach: float) -> torch.Tensor:
+    """max(0, 1 - distance to the limb / reach), 0 for a limb with an invisible end: (B, K, L)."""
+    distance = torch.sqrt((s - on) ** 2 + d ** 2)
+    return (1 - distance / reach).clamp_min(0) * visible[..., None]
+
+
 def limb_map(pose: torch.Tensor, h: int, w: int, reach: float = 1.0) -> torch.Tensor:
     """Where the skeleton's limbs are on an h x w token grid: pose (B, 13, 3) normalised [x/W, y/H,
     visibility] -> (B, len(LIMBS), h, w). Channel k of cell (r, q) is max(0, 1 - d / reach) with d the
     distance, in cells, from the cell's centre (q + 0.5, r + 0.5) to limb k's segment: 1 on the
     limb, 0 from `reach` cells away, and 0 everywhere for a limb with an invisible end."""
-    pose = torch.as_tensor(pose, dtype=torch.float32)
-    if pose.dim() != 3 or pose.shape[1:] != (NUM_JOINTS, 3):
-        raise ValueError(f"pose of shape {tuple(pose.shape)} must be (B, {NUM_JOINTS}, 3)")
-    a_idx = torch.tensor([a for a, _ in LIMBS], device=pose.device)
-    b_idx = torch.tensor([b for _, b in LIMBS], device=pose.device)
-    scale = torch.tensor([float(w), float(h)], device=pose.device)
-    a, b = pose[:, a_idx, :2] * scale, pose[:, b_idx, :2] * scale                     # (B, K, 2) in cells
-    visible = (pose[:, a_idx, 2] > 0) & (pose[:, b_idx, 2] > 0)                         # (B, K)
-    ys, xs = torch.meshgrid(torch.arange(h, device=pose.device, dtype=torch.float32) + 0.5,
-                            torch.arange(w, device=pose.device, dtype=torch.float32) + 0.5, indexing="ij")
-    centres = torch.stack([xs, ys], dim=-1).view(1, 1, h * w, 2)                        # (1, 1, L, 2)
-    ab = (b - a)[:, :, None]                                                            # (B, K, 1, 2)
-    t = ((centres - a[:, :, None]) * ab).sum(-1) / (ab * ab).sum(-1).clamp_min(1e-12)
-    nearest = a[:, :, None] + t.clamp(0, 1)[..., None] * ab                             # (B, K, L, 2)
-    distance = (centres - nearest).norm(dim=-1)
-    cover = (1 - distance / reach).clamp_min(0) * visible[..., None]
-    return cover.view(pose.shape[0], len(LIMBS), h, w)
+    a, unit, normal, length, visible = _limb_frames(pose, h, w)
+    cover = _cover(*_cell_coordinates(a, unit, normal, length, h, w), visible, reach)
+    return cover.view(a.shape[0], len(LIMBS), h, w)
 
 
 def limb_warp(target: torch.Tensor, reference: torch.Tensor, h: int, w: int,
@@ -77,55 +100,42 @@ def limb_warp(target: torch.Tensor, reference: torch.Tensor, h: int, w: int,
     and source is the reference cell that holds q (clamped to the grid). A zero-length segment
     counts as pointing along +x. Example: a forearm raised from pointing down to pointing right
     sends the cells along the raised forearm to the cells the hanging forearm covers."""
-    target = torch.as_tensor(target, dtype=torch.float32)
-    reference = torch.as_tensor(reference, dtype=torch.float32, device=target.device)
+    frames = {}
     for name, pose in (("target", target), ("reference", reference)):
-        if pose.dim() != 3 or pose.shape[1:] != (NUM_JOINTS, 3):
-            raise ValueError(f"{name} pose of shape {tuple(pose.shape)} must be (B, {NUM_JOINTS}, 3)")
-    if target.shape[0] != reference.shape[0]:
-        raise ValueError(f"{target.shape[0]} target poses but {reference.shape[0]} reference poses")
-    device = target.device
-    a_idx = torch.tensor([a for a, _ in LIMBS], device=device)
-    b_idx = torch.tensor([b for _, b in LIMBS], device=device)
-    scale = torch.tensor([float(w), float(h)], device=device)
+        try:
+            frames[name] = _limb_frames(torch.as_tensor(pose, dtype=torch.float32), h, w)
+        except ValueError as err:
+            raise ValueError(f"{name} {err}") from None
+    (a_t, u_t, n_t, len_t, vis_t), (a_r, u_r, n_r, len_r, vis_r) = frames["target"], frames["reference"]
+    if a_t.shape[0] != a_r.shape[0]:
+        raise ValueError(f"{a_t.shape[0]} target poses but {a_r.shape[0]} reference poses")
+    a_r, u_r, n_r, len_r = (t.to(a_t.device) for t in (a_r, u_r, n_r, len_r))
+    s, d, on = _cell_coordinates(a_t, u_t, n_t, len_t, h, w)                          # (B, K, L) each
+    weight, limb = _cover(s, d, on, vis_t & vis_r.to(vis_t.device), reach).max(dim=1)  # (B, L)
 
-    def frame(pose):  # (B, K, 2) start, unit direction, normal and length, in cells
-        a, b = pose[:, a_idx, :2] * scale, pose[:, b_idx, :2] * scale
-        length = (b - a).norm(dim=-1)                                                   # (B, K)
-        unit = torch.where(length[..., None] > 1e-6, (b - a) / length.clamp_min(1e-6)[..., None],
-                           torch.tensor([1.0, 0.0], device=device))
-        normal = torch.stack([-unit[..., 1], unit[..., 0]], dim=-1)
-        return a, unit, normal, length
-
-    a_t, u_t, n_t, len_t = frame(target)
-    a_r, u_r, n_r, len_r = frame(reference)
-    visible = ((target[:, a_idx, 2] > 0) & (target[:, b_idx, 2] > 0)
-               & (reference[:, a_idx, 2] > 0) & (reference[:, b_idx, 2] > 0))           # (B, K)
-    ys, xs = torch.meshgrid(torch.arange(h, device=device, dtype=torch.float32) + 0.5,
-                            torch.arange(w, device=device, dtype=torch.float32) + 0.5, indexing="ij")
-    offset = torch.stack([xs, ys], dim=-1).view(1, 1, h * w, 2) - a_t[:, :, None]       # (B, K, L, 2)
-    s = (offset * u_t[:, :, None]).sum(-1)                                              # along the limb
-    d = (offset * n_t[:, :, None]).sum(-1)                                              # beside it
-    on = torch.minimum(s.clamp_min(0), len_t[..., None])                                # (B, K, L)
-    distance = torch.sqrt((s - on) ** 2 + d ** 2)
-    cover = (1 - distance / reach).clamp_min(0) * visible[..., None]
-    weight, limb = cover.max(dim=1)                                                     # (B, L)
-
-    def pick(t):  # (B, K, ...) -> the chosen limb's entry per cell
-        t = t if t.dim() == 3 else t[:, :, None].expand(-1, -1, h * w)                  # (B, K, L)
+    def pick(t):  # (B, K) or (B, K, L) -> the chosen limb's entry per cell, (B, L)
+        t = t if t.dim() == 3 else t[:, :, None].expand(-1, -1, h * w)
         return t.gather(1, limb[:, None]).squeeze(1)
 
-    def pick2(v):  # (B, K, 2) -> (B, L, 2)
-        return torch.stack([pick(v[..., 0]), pick(v[..., 1])], dim=-1)
-
-    s_, d_, on_ = pick(s), pick(d), pick(on)
-    frac = torch.where(pick(len_t) > 1e-6, on_ / pick(len_t).clamp_min(1e-6), torch.zeros_like(on_))
-    along = frac * pick(len_r) + (s_ - on_)
-    q = pick2(a_r) + along[..., None] * pick2(u_r) + d_[..., None] * pick2(n_r)         # (B, L, 2)
+    s, d, on, len_t, len_r = pick(s), pick(d), pick(on), pick(len_t), pick(len_r)
+    frac = torch.where(len_t > 1e-6, on / len_t.clamp_min(1e-6), torch.zeros_like(on))
+    along = frac * len_r + (s - on)
+    q = torch.stack([pick(a_r[..., i]) + along * pick(u_r[..., i]) + d * pick(n_r[..., i]) for i in (0, 1)],
+                    dim=-1)                                                            # (B, L, 2)
     col = q[..., 0].floor().clamp(0, w - 1).long()
     row = q[..., 1].floor().clamp(0, h - 1).long()
-    source = torch.where(weight > 0, row * w + col, torch.arange(h * w, device=device).expand_as(row))
-    return source, weight
+    cells = torch.arange(h * w, device=row.device).expand_as(row)
+    return torch.where(weight > 0, row * w + col, cells), weight
+
+
+class PoseCondition(NamedTuple):
+    """`pose_features`' output with `warped_condition`: the features (B, 13 + L, n_embd) as without
+    it, and the warp of `limb_warp` (source (B, L) long, weight (B, L)). The reference tokens are
+    gathered where the condition tokens are known (`position_features`), so the condition frame is
+    encoded once, by the step or the edit that needs it anyway."""
+    features: torch.Tensor
+    source: torch.Tensor
+    weight: torch.Tensor
 
 
 class PoseILATTransformer(ILATTransformer):
@@ -158,7 +168,8 @@ class PoseILATTransformer(ILATTransformer):
             lands where the reference shows background, and its colour had to be found among 256
             condition tokens by attention, which the toy runs did not learn (arm error 0.26
             against 0.17 for the ground-truth codes). Needs the reference pose (`ref_pose_key`)
-            and a condition on the image-token grid. An addition of ours, off by default.
+            and a condition on the image-token grid; `pose_features` then returns a `PoseCondition`.
+            An addition of ours, off by default.
         ref_pose_key: batch entry of the reference (condition frame) pose for `warped_condition`.
 
     Defaults follow the pose task: first_stage_key "image" (the target frame), cond_stage_key
@@ -220,9 +231,8 @@ class PoseILATTransformer(ILATTransformer):
         return self.pose_map_conv is not None or self.warp_emb is not None
 
     # ------------------------------------------------------------------ condition
-    def condition_features(self, batch) -> torch.Tensor:
-        """`pose_features` of batch[pose_key] (with `warped_condition`, also of batch[ref_pose_key]
-        and the condition frame's tokens)."""
+    def condition_features(self, batch):
+        """`pose_features` of batch[pose_key] (with `warped_condition`, and of batch[ref_pose_key])."""
         if self.pose_key not in batch:
             raise KeyError(f"the batch has no '{self.pose_key}' entry (keys: {sorted(batch)}): the pose model needs "
                            "the normalised target pose (B, 13, 3)")
@@ -231,14 +241,13 @@ class PoseILATTransformer(ILATTransformer):
         if self.ref_pose_key not in batch:
             raise KeyError(f"the batch has no '{self.ref_pose_key}' entry (keys: {sorted(batch)}): warped_condition "
                            "needs the normalised reference pose (B, 13, 3)")
-        _, c_idx = self.encode_to_c(self.get_input(self.cond_stage_key, batch).to(self.device))
-        return self.pose_features(batch[self.pose_key], batch[self.ref_pose_key], c_idx)
+        return self.pose_features(batch[self.pose_key], batch[self.ref_pose_key])
 
-    def pose_features(self, pose, ref_pose=None, c_idx: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def pose_features(self, pose, ref_pose=None):
         """pose (B, 13, 3) normalised [x/W, y/H, visibility] -> (B, 13, n_embd); with `pose_map` or
-        `warped_condition`, (B, 13 + L, n_embd): the landmark features, then the features of the L
-        grid cells (the map's plus the warped reference tokens'). `warped_condition` needs ref_pose
-        (B, 13, 3), normalised as pose, and c_idx (B, L) the reference frame's condition tokens."""
+        `warped_condition`, (B, 13 + L, n_embd): the landmark features, then the map features of the
+        L grid cells (zero without `pose_map`). `warped_condition` needs ref_pose (B, 13, 3),
+        normalised as pose, and returns a `PoseCondition`: those features and the warp."""
         pose = torch.as_tensor(pose, dtype=torch.float32, device=self.device)
         features = self.point_mlp(pose)
         if self.joint_position_codes:
@@ -253,33 +262,33 @@ class PoseILATTransformer(ILATTransformer):
         grid = features.new_zeros(features.shape[0], h * w, features.shape[-1])
         if self.pose_map_conv is not None:
             grid = grid + self.pose_map_conv(limb_map(pose, h, w)).flatten(2).transpose(1, 2).to(features)
-        if self.warp_emb is not None:
-            grid = grid + self.warped_features(pose, ref_pose, c_idx).to(features)
-        return torch.cat([features, grid], dim=1)
-
-    def warped_features(self, pose, ref_pose, c_idx: Optional[torch.Tensor]) -> torch.Tensor:
-        """`warped_condition`: (B, L, n_embd), weight_j * warp_emb(c_idx[source_j]) from `limb_warp`."""
-        if ref_pose is None or c_idx is None:
-            raise ValueError("warped_condition needs the reference pose and the condition tokens: "
-                             "pose_features(pose, ref_pose, c_idx)")
-        h, w = self.pose_grid
+        features = torch.cat([features, grid], dim=1)
+        if self.warp_emb is None:
+            return features
+        if ref_pose is None:
+            raise ValueError("warped_condition needs the reference pose: pose_features(pose, ref_pose)")
         ref_pose = torch.as_tensor(ref_pose, dtype=torch.float32, device=self.device)
-        c_idx = torch.as_tensor(c_idx, device=self.device).long()
-        if c_idx.dim() != 2 or c_idx.shape != (pose.shape[0], h * w):
-            raise ValueError(f"warped_condition: condition tokens of shape {tuple(c_idx.shape)}, expected "
-                             f"({pose.shape[0]}, {h * w}) (one per grid cell)")
-        source, weight = limb_warp(pose, ref_pose, h, w)                                # (B, L) each
-        return self.warp_emb(c_idx.gather(1, source)) * weight[..., None]
+        return PoseCondition(features, *limb_warp(pose, ref_pose, h, w))
 
-    def _split_extra(self, extra: Optional[torch.Tensor]):
-        """extra features -> (the 13 landmark features for the sequence, the map features or None)."""
+    def _split_extra(self, extra):
+        """extra -> (the 13 landmark features for the sequence, the grid features or None, the
+        warp (source, weight) or None)."""
+        if self.warp_emb is not None:
+            if extra is None:
+                return None, None, None
+            if not isinstance(extra, PoseCondition):
+                raise ValueError(f"with warped_condition the extra condition is pose_features(pose, ref_pose)'s "
+                                 f"PoseCondition, got {type(extra).__name__}")
+            extra, warp = extra.features, (extra.source, extra.weight)
+        else:
+            warp = None
         if extra is None or not self._has_grid_features:
-            return extra, None
+            return extra, None, warp
         n_grid = self.pose_grid[0] * self.pose_grid[1]
         if extra.dim() != 3 or extra.shape[1] != NUM_JOINTS + n_grid:
             raise ValueError(f"with pose_map or warped_condition the extra features must be (B, {NUM_JOINTS} + "
                              f"{n_grid}, n_embd) (pose_features' output), got {tuple(extra.shape)}")
-        return extra[:, :NUM_JOINTS], extra[:, NUM_JOINTS:]
+        return extra[:, :NUM_JOINTS], extra[:, NUM_JOINTS:], warp
 
     def sequence_inputs(self, c_indices: torch.Tensor, extra: Optional[torch.Tensor] = None):
         """`ILATTransformer.sequence_inputs` with the 13 landmark features as the extra positions."""
@@ -287,14 +296,21 @@ class PoseILATTransformer(ILATTransformer):
 
     def position_features(self, c_idx: torch.Tensor, n_pre: int, n_grid: int,
                           extra: Optional[torch.Tensor] = None) -> Optional[torch.Tensor]:
-        """The aligned condition (if any) plus, with `pose_map` / `warped_condition`, the grid
-        features of cell j at the position that predicts cell j (n_pre - 1 + j)."""
+        """The aligned condition (if any) plus, at the position that predicts cell j (n_pre - 1 + j),
+        the grid features of cell j: the map's, and with `warped_condition` weight_j *
+        warp_emb(c_idx[source_j]), the condition token where j's limb lies in the reference pose."""
         features = super().position_features(c_idx, n_pre, n_grid, extra)
-        grid = self._split_extra(extra)[1]
+        _, grid, warp = self._split_extra(extra)
         if grid is None:
             return features
         if grid.shape[1] != n_grid:
             raise ValueError(f"grid features for {grid.shape[1]} cells, the sequence has {n_grid}")
+        if warp is not None:
+            source, weight = warp
+            if c_idx.shape != source.shape:
+                raise ValueError(f"warped_condition: condition tokens of shape {tuple(c_idx.shape)}, the warp "
+                                 f"needs {tuple(source.shape)} (one per grid cell)")
+            grid = grid + (self.warp_emb(c_idx.long().gather(1, source)) * weight[..., None]).to(grid)
         grid = torch.nn.functional.pad(grid, (0, 0, n_pre - 1, 0))
         return grid if features is None else features + grid.to(features)
 
@@ -302,7 +318,7 @@ class PoseILATTransformer(ILATTransformer):
         """Transformer positions of a sequence of N condition tokens, the 13 pose features and L grid tokens."""
         return super().sequence_positions(n_cond_tokens, n_grid) + self.point_mlp.n_joints
 
-    def edit_inputs(self, batch) -> Dict[str, torch.Tensor]:
+    def edit_inputs(self, batch) -> Dict[str, Any]:
         """Inference on a pair item: the reference (condition frame) is the image being edited and
         the condition; the mask is the union of both poses' masks; the target pose is the extra
         condition. -> sample_local/sample_edit keywords x, mask, c, extra."""
@@ -348,7 +364,7 @@ class PoseILATTransformer(ILATTransformer):
                 raise ValueError(f"{ref.shape[0]} reference poses for {tgt.shape[0]} target poses")
             ref = np.broadcast_to(ref, (tgt.shape[0], *ref.shape[1:]))
             ref = np.stack([normalise_pose(check_pose(r, H, W, "reference pose"), H, W) for r in ref])
-            extra = self.pose_features(pose, ref, self.encode_to_c(reference)[1])
+            extra = self.pose_features(pose, ref)
         edit = self.sample_local if mode == "local" else self.sample_edit
         return edit(reference, mask, reference, extra, **sampling)
 
