@@ -235,21 +235,22 @@ IMG, FACTOR, N_CODES, N_COND_CODES, MODEL_VOCAB = 32, 4, 32, 16, 40   # vocab > 
 DUMMY_LOSS = {"target": "taming.modules.losses.vqperceptual.DummyLoss"}
 
 
-def _stage_configs():
+def _stage_configs(cond_channels: int = 1):
     ddconfig = tiny_ddconfig(IMG, ch=32, ch_mult=(1, 1, 1), attn=())
     first = {"target": "ilat_ext.models.TSVQModel",
              "params": dict(ddconfig=ddconfig, lossconfig=DUMMY_LOSS, n_embed=N_CODES, embed_dim=8)}
-    sketch = dict(ddconfig, in_channels=1, out_ch=1)
+    sketch = dict(ddconfig, in_channels=cond_channels, out_ch=cond_channels)
     cond = {"target": "ilat_ext.models.VQModel",
             "params": dict(ddconfig=sketch, lossconfig=DUMMY_LOSS, n_embed=N_COND_CODES, embed_dim=8,
                            image_key="sketch")}
     return first, cond
 
 
-def _build(cls=ILATTransformer, backbone="gpt", head_scale=10.0, block_size=160, seed=0, **kw):
-    """A tiny model; head_scale > 1 makes greedy argmax robust (no near-ties), 1 keeps minGPT's flat init."""
+def _build(cls=ILATTransformer, backbone="gpt", head_scale=10.0, block_size=160, seed=0, cond_channels=1, **kw):
+    """A tiny model; head_scale > 1 makes greedy argmax robust (no near-ties), 1 keeps minGPT's flat init.
+    cond_channels 3: the condition (batch key "sketch") is a picture, as the pose models' condition frame."""
     _backbone_class(backbone)
-    first, cond = _stage_configs()
+    first, cond = _stage_configs(cond_channels)
     transformer = {"target": BACKBONE_TARGETS[backbone],
                    "params": dict(vocab_size=MODEL_VOCAB, block_size=block_size, n_layer=2, n_head=2, n_embd=32)}
     torch.manual_seed(seed)
@@ -1187,3 +1188,95 @@ def test_warped_condition_reads_the_reference_pose_and_refuses_what_it_cannot_us
     with pytest.raises(ValueError, match=r"with pose_map or warped_condition the extra features must be "
                                          r"\(B, 13 \+ 64, n_embd\)"):
         model.sample_local(x, mask, c, direct._replace(features=torch.zeros(3, 13, 32)))
+
+
+# ============================================================================ warped reference frame
+def test_warp_image_moves_a_raised_forearm_pixel_by_pixel():
+    """An image whose channels are each pixel's own row and column shows where every pixel of the
+    warped image came from: the pixels along the raised forearm come from the hanging forearm, one
+    pixel per pixel in the same order, on the side the turn takes them; pixels far from the target
+    limbs stay; the same pose in both leaves the image unchanged."""
+    from ilat_ext.data.pose import L_ELBOW, L_SHOULDER, L_WRIST
+    from ilat_ext.models.pose_transformer import limb_warp, warp_image
+
+    side = 32
+    rows, cols = torch.meshgrid(torch.arange(side, dtype=torch.float32), torch.arange(side, dtype=torch.float32),
+                                indexing="ij")
+    image = torch.stack([rows, cols, rows * side + cols])[None]          # (1, 3, 32, 32)
+    reference = torch.zeros(1, 13, 3)
+    reference[0, L_SHOULDER] = torch.tensor([0.5, 0.3, 1.0])
+    reference[0, L_ELBOW] = torch.tensor([0.5, 0.5, 1.0])                 # (16, 16) px
+    reference[0, L_WRIST] = torch.tensor([0.5, 0.75, 1.0])                # hangs to (16, 24)
+    target = reference.clone()
+    target[0, L_WRIST] = torch.tensor([0.75, 0.5, 1.0])                   # raised to (24, 16)
+    warped = warp_image(image, target, reference, reach=2.0)
+    assert warped.shape == image.shape
+    for k in range(1, 8):
+        # the pixel k along the raised forearm, half a pixel below it, comes from the pixel k along
+        # the hanging forearm, half a pixel to its left (the raised forearm is the hanging one
+        # turned anticlockwise on screen, so "below" turns into "left")
+        assert (int(warped[0, 0, 16, 16 + k]), int(warped[0, 1, 16, 16 + k])) == (16 + k, 15), k
+        assert (int(warped[0, 0, 15, 16 + k]), int(warped[0, 1, 15, 16 + k])) == (16 + k, 16), k
+    far = limb_warp(target, reference, side, side, 2.0)[1][0].view(side, side) == 0
+    assert far.float().mean() > 0.5
+    assert torch.equal(warped[0][:, far], image[0][:, far])
+    assert torch.equal(warp_image(image, reference, reference, reach=2.0), image)
+    with pytest.raises(ValueError, match=r"image of shape \(3, 32, 32\) must be \(B, C, H, W\)"):
+        warp_image(image[0], target, reference, 2.0)
+    with pytest.raises(ValueError, match="2 poses for 1 images"):
+        warp_image(image, target.expand(2, -1, -1), reference.expand(2, -1, -1), 2.0)
+
+
+def _pose_batch(ref, mask, pose, ref_pose):
+    """A batch as the pose datasets give it (images channels-last); the condition frame is "sketch"."""
+    return {"sketch": ref.permute(0, 2, 3, 1), "mask": mask.permute(0, 2, 3, 1), "image": ref.flip(3).permute(0, 2, 3, 1),
+            "pose": pose, "cond_pose": ref_pose}
+
+
+def test_warp_reference_conditions_training_and_editing_on_the_warped_frame(batch):
+    """PoseILATTransformer(warp_reference=True): the condition frame of training (`get_xc`) and of
+    editing (`edit_inputs`) is `warp_image` of the reference from its pose to the target pose, with
+    warp_reach token cells of pixels; the model's logits follow the warped frame, not the unwarped
+    one; the log shows the warped frame; bad options and a missing pose are refused by name."""
+    from ilat_ext.models.pose_transformer import PoseILATTransformer, warp_image
+
+    model = _build(cls=PoseILATTransformer, aligned_condition=True, warp_reference=True, warp_reach=0.5,
+                   cond_channels=3)
+    plain = _build(cls=PoseILATTransformer, aligned_condition=True, cond_channels=3)
+    ref, _, mask = batch                                    # the reference frame, (3, 3, 32, 32)
+    g = torch.Generator().manual_seed(4)
+    pose, ref_pose = torch.rand(3, 13, 3, generator=g), torch.rand(3, 13, 3, generator=g)
+    pose[..., 2], ref_pose[..., 2] = 1.0, 1.0
+    items = _pose_batch(ref, mask, pose, ref_pose)
+    want = warp_image(ref, pose, ref_pose, 0.5 * FACTOR)
+    assert (want != ref).float().mean() > 0.1
+    target, got = model.get_xc(items)
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+    assert torch.equal(target, ref.flip(3))                 # the target frame is not warped
+    assert torch.equal(model.get_xc(items, N=2)[1], want[:2])
+    inputs = model.edit_inputs(items)
+    torch.testing.assert_close(inputs["c"], want, rtol=0, atol=0)
+    assert torch.equal(inputs["x"], ref) and torch.equal(inputs["extra"], model.pose_features(pose))
+    _, plain_c = plain.get_xc(items)
+    assert torch.equal(plain_c, ref) and torch.equal(plain.edit_inputs(items)["c"], ref)
+    with torch.no_grad():
+        loss = model.shared_step(items, 0)
+        torch.testing.assert_close(loss, _masked_nll(model, ref.flip(3), want, mask, inputs["extra"]))
+        assert not torch.allclose(loss, _masked_nll(model, ref.flip(3), ref, mask, inputs["extra"]))
+    assert torch.equal(model.log_images(items, N=2)["warped_reference"], want[:2])
+    with pytest.raises(KeyError, match="'cond_pose'.*warp_reference needs the normalised reference pose"):
+        model.get_xc({k: v for k, v in items.items() if k != "cond_pose"})
+    with pytest.raises(ValueError, match="warp_reference and warped_condition exclude each other"):
+        _build(cls=PoseILATTransformer, warp_reference=True, warped_condition=True)
+    with pytest.raises(ValueError, match="warp_reference must be true or false"):
+        _build(cls=PoseILATTransformer, warp_reference="yes")
+    for reach in (0, -1.0, True, "2"):
+        with pytest.raises(ValueError, match="warp_reach must be a positive number of token cells"):
+            _build(cls=PoseILATTransformer, warp_reference=True, warp_reach=reach)
+
+
+def _masked_nll(model, x, c, mask, extra):
+    """Eq. 6 written out: the mean cross-entropy of the masked tokens, from the teacher-forced logits."""
+    logits, target, weight = model(x, c, mask, extra)
+    nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), target, reduction="none")
+    return (nll * weight).sum() / weight.sum()

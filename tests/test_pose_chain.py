@@ -92,13 +92,19 @@ def test_pose_runs_train_log_and_synthesize(runs):
 
     # pose features sit in the condition part: teacher-forced logits of condition and global rows do
     # not depend on the pose, the masked tokens' predictions do
-    c = reference
-    assert model.warp_emb is not None and model.pose_map_conv is not None        # the toy config's options
-    ref_pose = torch.from_numpy(item["cond_pose"])[None]
-    extra_a = model.pose_features(torch.from_numpy(item["pose"])[None], ref_pose)
-    torch.testing.assert_close(extra_a, model.edit_inputs({k: torch.as_tensor(v)[None] for k, v in item.items()
-                                                           if k not in ("video", "index")})["extra"], rtol=0, atol=0)
-    extra_b = model.pose_features(torch.rand(1, 13, 3), ref_pose)
+    assert model.warp_reference and model.pose_map_conv is not None and model.warp_emb is None   # the toy config's
+    pose, ref_pose = torch.from_numpy(item["pose"])[None], torch.from_numpy(item["cond_pose"])[None]
+    # the condition frame is the reference with its limbs moved to the target pose, in training,
+    # in edit_inputs and in synthesize alike
+    c = model.condition_image(reference, pose, ref_pose)
+    assert (c != reference).any(-3)[0].float().mean() > 0.02
+    inputs = model.edit_inputs({k: torch.as_tensor(v)[None] for k, v in item.items() if k not in ("video", "index")})
+    torch.testing.assert_close(inputs["c"], c, rtol=0, atol=0)
+    assert torch.equal(model.get_xc({k: torch.as_tensor(v)[None] for k, v in item.items()})[1], c)
+    assert torch.equal(model.sample_local(**inputs).indices, result.indices)
+    extra_a = model.pose_features(pose)
+    torch.testing.assert_close(extra_a, inputs["extra"], rtol=0, atol=0)
+    extra_b = model.pose_features(torch.rand(1, 13, 3))
     with torch.no_grad():
         la, _, w = model.eval()(reference, c, mask, extra_a)
         lb, _, _ = model(reference, c, mask, extra_b)

@@ -128,6 +128,22 @@ def limb_warp(target: torch.Tensor, reference: torch.Tensor, h: int, w: int,
     return torch.where(weight > 0, row * w + col, cells), weight
 
 
+def warp_image(image: torch.Tensor, target: torch.Tensor, reference: torch.Tensor,
+               reach: float) -> torch.Tensor:
+    """image (B, C, H, W) of a person posed `reference` -> the person's limbs moved to the `target`
+    pose, pixel by pixel: each pixel within `reach` pixels of a target limb (visible in both poses)
+    takes the image's pixel that `limb_warp` on the H x W pixel grid maps it to; every other pixel
+    stays as it is (the old limbs included). Poses (B, 13, 3) normalised [x/W, y/H, visibility]."""
+    if image.dim() != 4:
+        raise ValueError(f"image of shape {tuple(image.shape)} must be (B, C, H, W)")
+    B, C, H, W = image.shape
+    source, _ = limb_warp(target, reference, H, W, reach)
+    if source.shape[0] != B:
+        raise ValueError(f"{source.shape[0]} poses for {B} images")
+    flat = image.flatten(2)
+    return flat.gather(2, source.to(image.device)[:, None].expand(-1, C, -1)).view_as(image)
+
+
 class PoseCondition(NamedTuple):
     """`pose_features`' output with `warped_condition`: the features (B, 13 + L, n_embd) as without
     it, and the warp of `limb_warp` (source (B, L) long, weight (B, L)). The reference tokens are
@@ -170,7 +186,19 @@ class PoseILATTransformer(ILATTransformer):
             against 0.17 for the ground-truth codes). Needs the reference pose (`ref_pose_key`)
             and a condition on the image-token grid; `pose_features` then returns a `PoseCondition`.
             An addition of ours, off by default.
-        ref_pose_key: batch entry of the reference (condition frame) pose for `warped_condition`.
+        warp_reference: condition on the reference frame with its limbs already moved to the target
+            pose (`warp_image`: each pixel near a target limb takes the reference pixel at the same
+            place along, beside and beyond that limb in the reference pose), instead of the frame as
+            it is. With `aligned_condition` the row predicting cell j then sees the token of the
+            moved limb at j, drawn at the target limb's angle. The warp is a function of the image
+            and both poses only, applied alike in training (`get_xc`), `edit_inputs` and
+            `synthesize`; the model's input format is unchanged. Needs the reference pose
+            (`ref_pose_key`); excludes `warped_condition`, which gathers from the unwarped tokens.
+            An addition of ours, off by default.
+        warp_reach: how far beside a limb pixels move with it, in token cells (x the first stage's
+            downsampling = pixels: 4 px on the toy's 64 px frames with 16 x 16 tokens).
+        ref_pose_key: batch entry of the reference (condition frame) pose for `warped_condition`
+            and `warp_reference`.
 
     Defaults follow the pose task: first_stage_key "image" (the target frame), cond_stage_key
     "cond_image" (the condition frame).
@@ -188,7 +216,7 @@ class PoseILATTransformer(ILATTransformer):
                  decay_steps: Union[int, str, None] = None, baseline_config=None, pos_emb_init: Optional[str] = None,
                  joint_position_codes: bool = False, aligned_condition: bool = False,
                  aligned_kernel: int = 1, pose_map: bool = False, warped_condition: bool = False,
-                 ref_pose_key: str = "cond_pose"):
+                 warp_reference: bool = False, warp_reach: float = 1.0, ref_pose_key: str = "cond_pose"):
         super().__init__(transformer_config, first_stage_config, cond_stage_config, permuter_config=permuter_config,
                          ckpt_path=None, first_stage_key=first_stage_key, cond_stage_key=cond_stage_key,
                          mask_key=mask_key, layout="start", lm_rate=lm_rate,
@@ -223,6 +251,15 @@ class PoseILATTransformer(ILATTransformer):
                                  f"condition stage gives {cond}, the first stage {self.pose_grid}")
             self.warp_emb = nn.Embedding(self.n_cond_codes, self.transformer.n_embd)
             nn.init.zeros_(self.warp_emb.weight)
+        if not isinstance(warp_reference, bool):
+            raise ValueError(f"warp_reference must be true or false, got {warp_reference!r}")
+        if warp_reference and warped_condition:
+            raise ValueError("warp_reference and warped_condition exclude each other: warped_condition gathers "
+                             "reference tokens from the unwarped frame; choose one")
+        if isinstance(warp_reach, bool) or not isinstance(warp_reach, (int, float)) or not warp_reach > 0:
+            raise ValueError(f"warp_reach must be a positive number of token cells, got {warp_reach!r}")
+        self.warp_reference = warp_reference
+        self.warp_reach = float(warp_reach)
         if ckpt_path is not None:
             self.init_from_ckpt(ckpt_path, ignore_keys=ignore_keys)
 
@@ -231,17 +268,41 @@ class PoseILATTransformer(ILATTransformer):
         return self.pose_map_conv is not None or self.warp_emb is not None
 
     # ------------------------------------------------------------------ condition
+    def _batch_pose(self, batch, key: str, why: str):
+        if key not in batch:
+            raise KeyError(f"the batch has no '{key}' entry (keys: {sorted(batch)}): {why} (B, 13, 3)")
+        return batch[key]
+
     def condition_features(self, batch):
         """`pose_features` of batch[pose_key] (with `warped_condition`, and of batch[ref_pose_key])."""
-        if self.pose_key not in batch:
-            raise KeyError(f"the batch has no '{self.pose_key}' entry (keys: {sorted(batch)}): the pose model needs "
-                           "the normalised target pose (B, 13, 3)")
+        pose = self._batch_pose(batch, self.pose_key, "the pose model needs the normalised target pose")
         if self.warp_emb is None:
-            return self.pose_features(batch[self.pose_key])
-        if self.ref_pose_key not in batch:
-            raise KeyError(f"the batch has no '{self.ref_pose_key}' entry (keys: {sorted(batch)}): warped_condition "
-                           "needs the normalised reference pose (B, 13, 3)")
-        return self.pose_features(batch[self.pose_key], batch[self.ref_pose_key])
+            return self.pose_features(pose)
+        return self.pose_features(pose, self._batch_pose(
+            batch, self.ref_pose_key, "warped_condition needs the normalised reference pose"))
+
+    def condition_image(self, reference: torch.Tensor, pose, ref_pose) -> torch.Tensor:
+        """The condition frame the model reads: `reference` (B, 3, H, W) itself, or with
+        `warp_reference` its limbs moved from ref_pose to pose (`warp_image`; both (B, 13, 3)
+        normalised)."""
+        if not self.warp_reference:
+            return reference
+        as_tensor = lambda p: torch.as_tensor(p, dtype=torch.float32, device=reference.device)  # noqa: E731
+        return warp_image(reference, as_tensor(pose), as_tensor(ref_pose), self.warp_reach * self.first_stage_factor)
+
+    def _batch_condition_image(self, batch, reference: torch.Tensor) -> torch.Tensor:
+        if not self.warp_reference:
+            return reference
+        n = reference.shape[0]
+        pose = self._batch_pose(batch, self.pose_key, "warp_reference needs the normalised target pose")
+        ref_pose = self._batch_pose(batch, self.ref_pose_key, "warp_reference needs the normalised reference pose")
+        return self.condition_image(reference, pose[:n], ref_pose[:n])
+
+    def get_xc(self, batch, N=None):
+        """(target frame, condition frame) of a training batch; the condition frame through
+        `condition_image`."""
+        x, c = super().get_xc(batch, N)
+        return x, self._batch_condition_image(batch, c)
 
     def pose_features(self, pose, ref_pose=None):
         """pose (B, 13, 3) normalised [x/W, y/H, visibility] -> (B, 13, n_embd); with `pose_map` or
@@ -324,7 +385,8 @@ class PoseILATTransformer(ILATTransformer):
         condition. -> sample_local/sample_edit keywords x, mask, c, extra."""
         ref = self.get_input(self.cond_stage_key, batch).to(self.device)
         mask = self.get_mask(batch, ref)
-        return {"x": ref, "mask": mask, "c": ref, "extra": self.condition_features(batch)}
+        return {"x": ref, "mask": mask, "c": self._batch_condition_image(batch, ref),
+                "extra": self.condition_features(batch)}
 
     # ------------------------------------------------------------------ synthesis
     def masks_for(self, ref_pose_px, target_pose_px, height: int, width: int) -> torch.Tensor:
@@ -355,8 +417,8 @@ class PoseILATTransformer(ILATTransformer):
             raise ValueError(f"{tgt.shape[0]} target poses for {reference.shape[0]} reference images")
         pose = np.stack([normalise_pose(t, H, W) for t in tgt])
         reference = reference.to(self.device)
-        if self.warp_emb is None:
-            extra = self.pose_features(pose)
+        if self.warp_emb is None and not self.warp_reference:
+            extra, condition = self.pose_features(pose), reference
         else:
             ref = np.asarray(ref_pose_px, np.float32)
             ref = ref[None] if ref.ndim == 2 else ref
@@ -364,9 +426,10 @@ class PoseILATTransformer(ILATTransformer):
                 raise ValueError(f"{ref.shape[0]} reference poses for {tgt.shape[0]} target poses")
             ref = np.broadcast_to(ref, (tgt.shape[0], *ref.shape[1:]))
             ref = np.stack([normalise_pose(check_pose(r, H, W, "reference pose"), H, W) for r in ref])
-            extra = self.pose_features(pose, ref)
+            extra = self.pose_features(pose, ref) if self.warp_emb is not None else self.pose_features(pose)
+            condition = self.condition_image(reference, pose, ref)
         edit = self.sample_local if mode == "local" else self.sample_edit
-        return edit(reference, mask, reference, extra, **sampling)
+        return edit(reference, mask, condition, extra, **sampling)
 
     # ------------------------------------------------------------------ logging
     @torch.no_grad()
@@ -377,6 +440,8 @@ class PoseILATTransformer(ILATTransformer):
         inputs = self.edit_inputs(batch)
         log = {"reference": inputs["x"], "mask": inputs["mask"] * 2 - 1,
                "target": self.get_input(self.first_stage_key, batch).to(self.device)}
+        if self.warp_reference:
+            log["warped_reference"] = inputs["c"]
         log["taming" if self.trained_causal else "ilat"] = (
             self.sample_edit(**inputs) if self.trained_causal else self.sample_local(**inputs)).image
         if self._baseline:
