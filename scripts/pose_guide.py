@@ -164,6 +164,8 @@ def _single(pg, args, run, baseline, reference, ref, targets, sampling) -> int:
         cols = {"reference": to_tensor(pg.skeleton_overlay(to_uint8(reference)[0], ref)[None]),
                 "target pose": to_tensor(pg.skeleton_images(targets, run.size, run.size)),
                 "mask": masks * 2 - 1}
+        if getattr(run.model, "warp_reference", False):   # what the model is conditioned on
+            cols["warped reference"] = run.model.condition_image_px(reference, ref, targets).float().cpu()
         if baseline is not None:
             taming, _ = pg.synthesize_sequence(baseline, reference, ref, targets, mode="edit", **sampling)
             cols["Taming"] = _finish(pg, args, taming, reference, masks)[0]

@@ -128,14 +128,21 @@ def test_single_image_and_grid_with_baseline(runs, inputs, script, capsys, tmp_p
     assert "PSNR outside the mask" in said and " dB" in said
     assert _rgb(out).shape == (64, 64, 3)
     image = _rgb(grid)
-    assert image.shape[1] == 5 * 64 + 4 * 2                   # reference | target pose | mask | Taming | iLAT
+    names = ["reference", "target pose", "mask", "warped reference", "Taming", "iLAT"]   # the toy config warps
+    assert image.shape[1] == 6 * 64 + 5 * 2
     header = image.shape[0] - 64
-    for j in range(5):                                        # each column has its label above it
+    for j in range(6):                                        # each column has its label above it
         assert (image[:header, j * 66:j * 66 + 64] < 128).any()
-    names = ["reference", "target pose", "mask", "Taming", "iLAT"]
-    from ilat_ext.edit import make_grid
+    from ilat_ext.edit import make_grid, to_uint8
     labels = make_grid({n: torch.zeros(1, 3, 64, 64) for n in names})[:header]
     assert np.array_equal(image[:header], labels)             # the same labels, in this order
+    # the warped column is the frame the model was conditioned on
+    run = pg.load_pose_model(runs["ilat"], "cpu")
+    reference, (h, w) = pg.read_reference(inputs["image"], run.size, run.resize)
+    ref, target = (resize_pose(pg.read_pose(inputs[k], h, w), h, w, run.size, run.resize) for k in ("ref", "target"))
+    warped = to_uint8(run.model.condition_image_px(reference, ref, [target]))[0]
+    assert np.array_equal(image[header:, 3 * 66:3 * 66 + 64], warped)
+    assert not np.array_equal(warped, to_uint8(reference)[0])
 
 
 def test_sequence_of_three_poses(runs, inputs, script, capsys, tmp_path):

@@ -19,10 +19,11 @@ offers `sample_edit` (Taming's edit: everything from the first masked token on, 
 iLAT* (paper Table 1: without two-stream convolutions) is this class with a plain `VQModel` first
 stage.
 
-Two options of ours put the poses on the token grid, at the row that predicts each cell (off by
-default, on in the toy configs): `pose_map` (the target skeleton around the cell, `limb_map`) and
-`warped_condition` (the reference token where the cell's limb lies in the reference pose,
-`limb_warp`).
+Options of ours put the poses on the token grid, at the row that predicts each cell (off by
+default): `pose_map` (the target skeleton around the cell, `limb_map`), `warp_reference` (the
+condition frame with its limbs moved to the target pose pixel by pixel, `warp_image`; with
+`aligned_condition` the row predicting cell j sees the moved limb at j) and `warped_condition`
+(the same move on tokens, `limb_warp`). The toy configs use `pose_map` and `warp_reference`.
 """
 from typing import Any, Dict, Mapping, NamedTuple, Optional, Sequence, Tuple, Union
 
@@ -406,30 +407,44 @@ class PoseILATTransformer(ILATTransformer):
         `target_pose_px` (both (B, 13, 3) or (13, 3) [x, y, visibility] in the image's pixels).
         mask: (B, 1, H, W), default the union of both poses' masks. mode "local" (iLAT) or "edit"
         (Taming's edit, for a model trained with lm_rate 1). `sampling`: `sample_local` keywords."""
+        self._check_reference(reference)
+        H, W = reference.shape[2:]
+        if mask is None:
+            mask = self.masks_for(ref_pose_px, target_pose_px, H, W)
+        pose, ref = self._normalised_poses(reference, ref_pose_px, target_pose_px)
+        reference = reference.to(self.device)
+        extra = self.pose_features(pose, ref) if self.warp_emb is not None else self.pose_features(pose)
+        edit = self.sample_local if mode == "local" else self.sample_edit
+        return edit(reference, mask, self.condition_image(reference, pose, ref), extra, **sampling)
+
+    def condition_image_px(self, reference: torch.Tensor, ref_pose_px, target_pose_px) -> torch.Tensor:
+        """The condition frame `synthesize` gives the model (`condition_image`; with `warp_reference`
+        the reference's limbs moved to the target pose), from poses in the image's pixels as there."""
+        self._check_reference(reference)
+        pose, ref = self._normalised_poses(reference, ref_pose_px, target_pose_px)
+        return self.condition_image(reference.to(self.device), pose, ref)
+
+    @staticmethod
+    def _check_reference(reference: torch.Tensor) -> None:
         if reference.dim() != 4 or reference.shape[1] != 3:
             raise ValueError(f"reference of shape {tuple(reference.shape)} must be (B, 3, H, W)")
-        H, W = reference.shape[2:]
+
+    @staticmethod
+    def _normalised_poses(reference: torch.Tensor, ref_pose_px, target_pose_px):
+        """Pixel poses for the B references -> (target (B, 13, 3), reference (B, 13, 3)), normalised
+        and validated; one reference pose may serve every target pose."""
+        B, _, H, W = reference.shape
         tgt = np.asarray(target_pose_px, np.float32)
         tgt = tgt[None] if tgt.ndim == 2 else tgt
-        if mask is None:
-            mask = self.masks_for(ref_pose_px, tgt, H, W)
-        if tgt.shape[0] != reference.shape[0]:
-            raise ValueError(f"{tgt.shape[0]} target poses for {reference.shape[0]} reference images")
-        pose = np.stack([normalise_pose(t, H, W) for t in tgt])
-        reference = reference.to(self.device)
-        if self.warp_emb is None and not self.warp_reference:
-            extra, condition = self.pose_features(pose), reference
-        else:
-            ref = np.asarray(ref_pose_px, np.float32)
-            ref = ref[None] if ref.ndim == 2 else ref
-            if ref.shape[0] not in (1, tgt.shape[0]):
-                raise ValueError(f"{ref.shape[0]} reference poses for {tgt.shape[0]} target poses")
-            ref = np.broadcast_to(ref, (tgt.shape[0], *ref.shape[1:]))
-            ref = np.stack([normalise_pose(check_pose(r, H, W, "reference pose"), H, W) for r in ref])
-            extra = self.pose_features(pose, ref) if self.warp_emb is not None else self.pose_features(pose)
-            condition = self.condition_image(reference, pose, ref)
-        edit = self.sample_local if mode == "local" else self.sample_edit
-        return edit(reference, mask, condition, extra, **sampling)
+        if tgt.shape[0] != B:
+            raise ValueError(f"{tgt.shape[0]} target poses for {B} reference images")
+        ref = np.asarray(ref_pose_px, np.float32)
+        ref = ref[None] if ref.ndim == 2 else ref
+        if ref.shape[0] not in (1, B):
+            raise ValueError(f"{ref.shape[0]} reference poses for {B} target poses")
+        ref = np.broadcast_to(ref, (B, *ref.shape[1:]))
+        pose = np.stack([normalise_pose(check_pose(t, H, W, "target pose"), H, W) for t in tgt])
+        return pose, np.stack([normalise_pose(check_pose(r, H, W, "reference pose"), H, W) for r in ref])
 
     # ------------------------------------------------------------------ logging
     @torch.no_grad()
