@@ -309,7 +309,8 @@ def run_face_demo(out: str = "demo", scale: float = 1.0, n_edit: int = 8, n_comp
 def run_pose_demo(out: str = "demo_poses", scale: float = 1.0, n_show: int = 6, n_compare: int = 16,
                   fresh: bool = False, train_overrides: Sequence[str] = (), log=print) -> List[dict]:
     """The toy pose chain (`pose_chain`), then on held-out stick-figure videos:
-    - `<out>/poses.png`: reference | target pose | mask | Taming | iLAT* | iLAT | ground truth;
+    - `<out>/poses.png`: reference | target pose | mask | warped reference (`warp_reference` runs) |
+      Taming | iLAT* | iLAT | ground truth;
     - `<out>/sequence/`: one reference redrawn in every pose of its video (frames, GIF, MP4, strip);
     - `<out>/comparison/`: Taming, iLAT* and iLAT against the ground-truth target frames (PSNR /
       SSIM / MAE, PSNR outside the union mask against the reference: the kept background).
@@ -338,11 +339,13 @@ def _pose_outputs(runs: Dict[str, str], out: str, n_show: int, n_compare: int, l
     batch = torch.utils.data.default_collate([test[i * test.frames_per_video] for i in range(n_show)])
     inputs = models["ilat"].edit_inputs(batch)
     skeletons = torch.from_numpy(pg.skeleton_images(batch["pose_px"].numpy(), 64, 64)).permute(0, 3, 1, 2)
-    columns = {"reference": inputs["x"], "target pose": skeletons.float() / 127.5 - 1, "mask": inputs["mask"] * 2 - 1,
-               "Taming": models["taming"].sample_edit(**inputs).image,
-               "iLAT*": models["ilat_star"].sample_local(**models["ilat_star"].edit_inputs(batch)).image,
-               "iLAT": models["ilat"].sample_local(**inputs).image,
-               "ground truth": batch["image"].permute(0, 3, 1, 2)}
+    columns = {"reference": inputs["x"], "target pose": skeletons.float() / 127.5 - 1, "mask": inputs["mask"] * 2 - 1}
+    if models["ilat"].warp_reference:     # the condition frame the models read
+        columns["warped reference"] = inputs["c"]
+    columns.update({"Taming": models["taming"].sample_edit(**inputs).image,
+                    "iLAT*": models["ilat_star"].sample_local(**models["ilat_star"].edit_inputs(batch)).image,
+                    "iLAT": models["ilat"].sample_local(**inputs).image,
+                    "ground truth": batch["image"].permute(0, 3, 1, 2)})
     make_grid(columns, os.path.join(out, "poses.png"))
     log(f"pose edits: {os.path.join(out, 'poses.png')}")
 

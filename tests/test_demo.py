@@ -100,6 +100,8 @@ def test_pose_demo_writes_poses_sequence_and_table(tmp_path):
                  "comparison/metrics.md"):
         assert os.path.isfile(os.path.join(out, path)), path
     assert any("PSNR outside the masks" in line for line in lines)
+    with Image.open(os.path.join(out, "poses.png")) as grid:   # 8 columns: the toy configs warp the reference
+        assert grid.size[0] == 8 * 64 + 7 * 2
 
 
 def test_stroke_table_tells_a_face_that_follows_the_strokes_from_one_that_does_not():
