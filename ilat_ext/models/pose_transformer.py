@@ -407,11 +407,9 @@ class PoseILATTransformer(ILATTransformer):
         `target_pose_px` (both (B, 13, 3) or (13, 3) [x, y, visibility] in the image's pixels).
         mask: (B, 1, H, W), default the union of both poses' masks. mode "local" (iLAT) or "edit"
         (Taming's edit, for a model trained with lm_rate 1). `sampling`: `sample_local` keywords."""
-        self._check_reference(reference)
-        H, W = reference.shape[2:]
-        if mask is None:
-            mask = self.masks_for(ref_pose_px, target_pose_px, H, W)
         pose, ref = self._normalised_poses(reference, ref_pose_px, target_pose_px)
+        if mask is None:
+            mask = self.masks_for(ref_pose_px, target_pose_px, *reference.shape[2:])
         reference = reference.to(self.device)
         extra = self.pose_features(pose, ref) if self.warp_emb is not None else self.pose_features(pose)
         edit = self.sample_local if mode == "local" else self.sample_edit
@@ -420,19 +418,15 @@ class PoseILATTransformer(ILATTransformer):
     def condition_image_px(self, reference: torch.Tensor, ref_pose_px, target_pose_px) -> torch.Tensor:
         """The condition frame `synthesize` gives the model (`condition_image`; with `warp_reference`
         the reference's limbs moved to the target pose), from poses in the image's pixels as there."""
-        self._check_reference(reference)
         pose, ref = self._normalised_poses(reference, ref_pose_px, target_pose_px)
         return self.condition_image(reference.to(self.device), pose, ref)
 
     @staticmethod
-    def _check_reference(reference: torch.Tensor) -> None:
+    def _normalised_poses(reference: torch.Tensor, ref_pose_px, target_pose_px):
+        """Pixel poses for the B references (B, 3, H, W) -> (target (B, 13, 3), reference (B, 13, 3)),
+        normalised and validated; one reference pose may serve every target pose."""
         if reference.dim() != 4 or reference.shape[1] != 3:
             raise ValueError(f"reference of shape {tuple(reference.shape)} must be (B, 3, H, W)")
-
-    @staticmethod
-    def _normalised_poses(reference: torch.Tensor, ref_pose_px, target_pose_px):
-        """Pixel poses for the B references -> (target (B, 13, 3), reference (B, 13, 3)), normalised
-        and validated; one reference pose may serve every target pose."""
         B, _, H, W = reference.shape
         tgt = np.asarray(target_pose_px, np.float32)
         tgt = tgt[None] if tgt.ndim == 2 else tgt
@@ -449,8 +443,9 @@ class PoseILATTransformer(ILATTransformer):
     # ------------------------------------------------------------------ logging
     @torch.no_grad()
     def log_images(self, batch, N: int = 4, **kwargs):
-        """reference | mask | ground truth (target frame) | synthesis: the reference redrawn in the
-        target pose (iLAT's local edit, or Taming's edit for an lm_rate-1 baseline)."""
+        """reference | mask | ground truth (target frame) | [warped reference: the condition frame,
+        with `warp_reference`] | synthesis: the reference redrawn in the target pose (iLAT's local
+        edit, or Taming's edit for an lm_rate-1 baseline)."""
         batch = {k: v[:N] for k, v in batch.items()}
         inputs = self.edit_inputs(batch)
         log = {"reference": inputs["x"], "mask": inputs["mask"] * 2 - 1,
