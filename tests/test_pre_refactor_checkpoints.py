@@ -14,7 +14,7 @@ import torch
 
 from ilat_ext import load_checkpoint, load_state_dict_report
 from ilat_ext.util import instantiate_from_config
-from tests.fixtures.pre_refactor.make_fixtures import fill_state, record
+from tests.fixtures.pre_refactor.make_fixtures import fill_state, init_fingerprint, record
 
 HERE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "pre_refactor")
 FIXTURES = torch.load(os.path.join(HERE, "layouts.pt"), weights_only=True)
@@ -45,6 +45,8 @@ def test_pre_refactor_checkpoint_loads_and_computes_the_same(name, tmp_path):
                path)
     torch.manual_seed(0)
     model = instantiate_from_config(fixture["config"]).eval()
+    # the same random initialisation as then: a run started from the same seed trains the same
+    assert init_fingerprint(model) == fixture["init"]
     report = load_state_dict_report(model, load_checkpoint(str(path))["state_dict"], strict=True, source=str(path))
     assert report.missing == [] and report.unexpected == []
     assert_same(record(name, model), fixture["expected"], name)
