@@ -1,11 +1,16 @@
 """Config plumbing shared by the library and the command line.
 
-`instantiate_from_config` is taming's `target:`/`params:` convention, with two differences:
-the library never imports the top-level `main` module, and targets that upstream configs spell
-`main.X` or `taming.main.X` resolve to our Lightning-2 port in `ilat_ext.main`.
+`instantiate_from_config` is taming's `target:`/`params:` convention, with three differences:
+the library never imports the top-level `main` module, targets that upstream configs spell
+`main.X` or `taming.main.X` resolve to our Lightning-2 port in `ilat_ext.main`, and the dotted
+paths of two alias tables resolve to their new homes: `UPSTREAM_TARGET_ALIASES` (taming classes
+replaced by drop-ins) and `RENAMED_TARGETS` (our own classes that moved, named by saved runs).
 """
 import importlib
+import logging
 from typing import Any, Mapping
+
+logger = logging.getLogger(__name__)
 
 # Upstream taming configs name classes from its main.py (`main.DataModuleFromConfig`, ...). Those
 # names live in `ilat_ext.main` here, so the same YAML files work unchanged.
@@ -21,18 +26,30 @@ UPSTREAM_TARGET_ALIASES = {
     # same constructor and parameter names, plus the boolean attention mask and KV cache local sampling needs
     "taming.modules.transformer.mingpt.GPT": "ilat_ext.modules.gpt.GPT",
 }
+
+# Our own targets that moved to another module, old dotted path -> new one. A run saves the config
+# it was started with (its `configs/*-project.yaml`, a checkpoint's hyper-parameters) with the paths
+# of its day; these keep resolving after the module they name is gone. Shipped configs use the new.
+RENAMED_TARGETS = {
+    # data/masked.py became data/mask_sources.py: the name was too close to masks.py and data/masks.py
+    "ilat_ext.data.masked.MaskedDataset": "ilat_ext.data.mask_sources.MaskedDataset",
+    "ilat_ext.data.masked.MaskSource": "ilat_ext.data.mask_sources.MaskSource",
+    "ilat_ext.data.masked.MaskSet": "ilat_ext.data.mask_sources.MaskSet",
+}
 _announced_aliases = set()
 
 
 def get_obj_from_str(string: str, reload: bool = False) -> Any:
-    """Import `package.module.Name` and return `Name` (upstream names are redirected, see above)."""
+    """Import `package.module.Name` and return `Name` (upstream and renamed paths are redirected,
+    see the two tables above; each redirection is logged once per process at INFO level)."""
     if not isinstance(string, str) or "." not in string:
         raise ValueError(f"target must be a dotted path like 'package.module.Class', got {string!r}")
-    if string in UPSTREAM_TARGET_ALIASES:
-        if string not in _announced_aliases:
-            _announced_aliases.add(string)
-            print(f"Note: target {string} resolves to {UPSTREAM_TARGET_ALIASES[string]} (Lightning-2/offline drop-in)")
-        string = UPSTREAM_TARGET_ALIASES[string]
+    for table, why in ((UPSTREAM_TARGET_ALIASES, "Lightning-2/offline drop-in"), (RENAMED_TARGETS, "moved")):
+        if string in table:
+            if string not in _announced_aliases:
+                _announced_aliases.add(string)
+                logger.info("target %s resolves to %s (%s)", string, table[string], why)
+            string = table[string]
     module_name, attr = string.rsplit(".", 1)
     if module_name in _UPSTREAM_MAIN_MODULES:
         module_name = "ilat_ext.main"
@@ -46,6 +63,17 @@ def get_obj_from_str(string: str, reload: bool = False) -> Any:
         return getattr(module, attr)
     except AttributeError:
         raise ImportError(f"module {module_name!r} has no attribute {attr!r} (target {string!r})") from None
+
+
+def check_mapping_keys(what: str, value: Any, allowed) -> Mapping:
+    """`value` if it is a mapping with keys among `allowed`, else ValueError naming `what` (e.g.
+    "mask_sets[0]") and the allowed keys: a misspelt YAML key fails here instead of being ignored."""
+    if not isinstance(value, Mapping):
+        raise ValueError(f"{what} must be a mapping with keys among {allowed}, got {value!r}")
+    unknown = sorted(set(value) - set(allowed))
+    if unknown:
+        raise ValueError(f"{what}: unknown keys {unknown}; allowed keys are {allowed}")
+    return value
 
 
 def instantiate_from_config(config: Mapping) -> Any:

@@ -38,3 +38,56 @@ def test_public_api_is_reexported():
     for name in ("VQModel", "TamingTransformer", "instantiate_from_config", "load_checkpoint", "ToyFaces",
                  "DataModuleFromConfig", "SafeCheckpointIO"):
         assert hasattr(ilat_ext, name), name
+
+
+def test_renamed_targets_resolve_without_the_old_module(monkeypatch):
+    """A run saved before a module was renamed names the old dotted path in its config; it resolves
+    through `RENAMED_TARGETS` alone (the old module is made unimportable here) to the same class."""
+    import numpy as np
+
+    from ilat_ext.data.mask_sources import MaskedDataset
+    from ilat_ext.util import RENAMED_TARGETS, get_obj_from_str, instantiate_from_config
+
+    for old, new in RENAMED_TARGETS.items():
+        monkeypatch.setitem(sys.modules, old.rsplit(".", 1)[0], None)
+        assert get_obj_from_str(old) is get_obj_from_str(new), old
+    assert RENAMED_TARGETS["ilat_ext.data.masked.MaskedDataset"] == "ilat_ext.data.mask_sources.MaskedDataset"
+    params = {"dataset": {"target": "ilat_ext.data.ToyFaces", "params": {"size": 32, "length": 2, "mask": False}},
+              "mask_source": {"target": "ilat_ext.data.masked.MaskSource", "params": {"seed": 3}}}
+    old_ds = instantiate_from_config({"target": "ilat_ext.data.masked.MaskedDataset", "params": params})
+    new_ds = instantiate_from_config({"target": "ilat_ext.data.mask_sources.MaskedDataset", "params": params})
+    assert type(old_ds) is MaskedDataset and type(old_ds.mask_source) is type(new_ds.mask_source)
+    assert np.array_equal(old_ds[1]["mask"], new_ds[1]["mask"])
+
+
+def test_target_redirections_are_logged_not_printed(monkeypatch, caplog, capsys):
+    import logging
+
+    from ilat_ext import util
+
+    monkeypatch.setattr(util, "_announced_aliases", set())
+    with caplog.at_level(logging.INFO, logger="ilat_ext.util"):
+        util.get_obj_from_str("taming.models.vqgan.VQModel")
+        util.get_obj_from_str("taming.models.vqgan.VQModel")
+        util.get_obj_from_str("ilat_ext.data.masked.MaskSource")
+    messages = [r.getMessage() for r in caplog.records if r.name == "ilat_ext.util"]
+    assert messages == ["target taming.models.vqgan.VQModel resolves to ilat_ext.models.vqgan.VQModel "
+                        "(Lightning-2/offline drop-in)",
+                        "target ilat_ext.data.masked.MaskSource resolves to ilat_ext.data.mask_sources.MaskSource "
+                        "(moved)"]
+    assert capsys.readouterr().out == ""
+
+
+def test_data_layer_and_util_never_print():
+    """Library code reports through logging / warnings; only scripts print."""
+    import ast
+
+    paths = [os.path.join(REPO, "ilat_ext", "util.py")]
+    for root, _, files in os.walk(os.path.join(REPO, "ilat_ext", "data")):
+        paths += [os.path.join(root, name) for name in files if name.endswith(".py")]
+    offenders = []
+    for path in paths:
+        for node in ast.walk(ast.parse(open(path, encoding="utf-8").read(), path)):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "print":
+                offenders.append(f"{os.path.relpath(path, REPO)}:{node.lineno}")
+    assert offenders == []

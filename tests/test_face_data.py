@@ -18,7 +18,7 @@ from ilat_ext.data import FaceDataset
 from ilat_ext.data.faces import load_npy_image, write_split_flists
 from ilat_ext.data.folder import read_flist, read_rgb
 from ilat_ext.data.image_files import TEMP_PREFIX
-from ilat_ext.data.masked import MaskSource, write_free_form_masks
+from ilat_ext.data.mask_sources import MaskSource, write_free_form_masks
 from ilat_ext.data.sketch import release_sketch, sketch_folder
 from ilat_ext.util import instantiate_from_config
 

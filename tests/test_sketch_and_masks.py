@@ -7,7 +7,7 @@ import cv2
 import numpy as np
 import pytest
 
-from ilat_ext.data.masked import MaskedDataset, MaskSource, list_mask_files
+from ilat_ext.data.mask_sources import MaskedDataset, MaskSource, list_mask_files
 from ilat_ext.data.sketch import (
     compose_edit_sketch,
     sketch_from_canvas,
@@ -343,7 +343,7 @@ def test_mask_source_determinism_and_streams():
 
 
 def test_box_masks_are_one_rectangle_in_the_area_range():
-    from ilat_ext.data.masks import box_mask
+    from ilat_ext.data.mask_shapes import box_mask
     rng = np.random.default_rng(0)
     tops, shapes = set(), set()
     for _ in range(200):
@@ -425,7 +425,7 @@ def test_masked_dataset_adds_deterministic_masks():
 def test_masked_dataset_from_yaml_style_config(tmp_path):
     _write_masks(tmp_path / "m")
     config = {
-        "target": "ilat_ext.data.masked.MaskedDataset",
+        "target": "ilat_ext.data.mask_sources.MaskedDataset",
         "params": {
             "dataset": {"target": "ilat_ext.data.toy.ToyFaces", "params": {"size": 32, "length": 4, "mask": False}},
             "mask_source": {"free_form_area": [0.1, 0.2], "mode_probs": {"partial": 1.0},
@@ -438,8 +438,16 @@ def test_masked_dataset_from_yaml_style_config(tmp_path):
     assert ds.mask_source.free_form_area == (0.1, 0.2) and len(ds.mask_source.paths) == 3
     assert ds[3]["mask"].shape == (32, 32, 1)
     # mask_source as a target/params config too.
-    config["params"]["mask_source"] = {"target": "ilat_ext.data.masked.MaskSource", "params": {"seed": 3}}
+    config["params"]["mask_source"] = {"target": "ilat_ext.data.mask_sources.MaskSource", "params": {"seed": 3}}
     assert instantiate_from_config(config).mask_source.seed == 3
+
+
+def test_mask_sources_docstring_example():
+    import doctest
+
+    import ilat_ext.data.mask_sources as mask_sources
+    failures, attempted = doctest.testmod(mask_sources)
+    assert failures == 0 and attempted > 0
 
 
 def test_masked_dataset_errors():

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from ilat_ext.data.masks import (
+from ilat_ext.data.mask_shapes import (
     MASK_MODES,
     free_form_mask,
     mask_with_mode,
@@ -258,3 +258,20 @@ def test_render_cache_gives_the_same_items_and_stays_bounded():
         assert toy._RENDERED.bytes == 0
     finally:
         toy._RENDERED = saved
+
+
+def test_mask_shapes_docstring_example():
+    import doctest
+
+    import ilat_ext.data.mask_shapes as mask_shapes
+    failures, attempted = doctest.testmod(mask_shapes)
+    assert failures == 0 and attempted > 0
+
+
+def test_palettes_stay_importable_from_toy():
+    """The palettes and styles moved to `toy_face_drawing` with the painting; `toy` still names them."""
+    import ilat_ext.data.toy as toy
+    import ilat_ext.data.toy_face_drawing as drawing
+    for name in ("SKIN_TONES", "HAIR_COLOURS", "DYED_HAIR_COLOURS", "IRIS_COLOURS", "LIP_TINT", "HAIR_STYLES",
+                 "HAIR_STYLE_PROBS", "MOUTH_STYLES", "NOSE_STYLES", "BACKGROUNDS"):
+        assert getattr(toy, name) is getattr(drawing, name), name

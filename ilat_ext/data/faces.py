@@ -26,8 +26,8 @@ Items (taming's layout)::
     mask   float32 (size, size, 1) in {0, 1}, 1 = region to edit        (when `mask_source` is set)
     path   str, the image file;  index  int, the item actually returned
 
-Masks come from `ilat_ext.data.masked.MaskSource` and are, as in `MaskedDataset`, a function of
-(index, seed): `mask_source.sample(index, size, size, stream=seed)`. The horizontal flip uses
+Masks come from `ilat_ext.data.mask_sources.MaskSource` and are, as in `MaskedDataset`, a function
+of (index, seed): `mask_source.sample(index, size, size, stream=seed)`. The horizontal flip uses
 torch's RNG (so Lightning's `seed_everything` and the per-worker seeds make it reproducible, and
 it changes from epoch to epoch) and flips image, sketch and mask together.
 
@@ -52,7 +52,7 @@ import torch
 
 from ilat_ext.data.folder import find_images, read_flist
 from ilat_ext.data.image_files import IMAGE_EXTENSIONS, decode_image, resize_square
-from ilat_ext.data.masked import _build_mask_source
+from ilat_ext.data.mask_sources import build_mask_source
 from ilat_ext.data.sketch import release_sketch, sketch_to_tensor_layout
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -205,7 +205,7 @@ class FaceDataset(torch.utils.data.Dataset):
             self.sketch_paths = match_sketches(self.paths, self.base, self.sketch)
         self.with_sketch = self.sketch is not None or self.sketch_flist is not None
 
-        self.mask_source = None if mask_source is None else _build_mask_source(mask_source)
+        self.mask_source = None if mask_source is None else build_mask_source(mask_source)
         self.skipped = 0  # unreadable files met so far in this process
         self.unreadable: List[str] = []
 

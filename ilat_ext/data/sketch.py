@@ -26,7 +26,7 @@ Conventions used throughout the project:
     and user strokes for `compose_edit_sketch` use it too.
   * sketch tensor layout (taming's convention for images): float32 (H, W, 1) in [-1, 1],
     +1 = paper, -1 = ink (`sketch_to_tensor_layout` / `sketch_from_tensor_layout`).
-  * mask: (H, W) with 1 = region to edit (see `ilat_ext.data.masks`).
+  * mask: (H, W) with 1 = region to edit (see `ilat_ext.data.mask_shapes`).
 
 Resolution. The release computes XDoG on the source photograph and resizes the result to 256 px;
 on 256-px faces sigma=1.5 draws lines a few pixels wide. On a 64-px toy face the same sigma gives

@@ -188,7 +188,7 @@ def _inner(dataset):
 def find_mask_source(dataset) -> Tuple[Any, int]:
     """(mask source, first stream) of the outermost dataset in a wrapper chain that has a
     `mask_source` (MaskedDataset: its source and seed); else (MaskSource(), 0)."""
-    from ilat_ext.data.masked import MaskSource
+    from ilat_ext.data.mask_sources import MaskSource
     seen = 0
     while dataset is not None and seen < 8:
         if getattr(dataset, "mask_source", None) is not None:
