@@ -1,4 +1,5 @@
-"""Shared fixtures: no test may touch the network; fake perceptual-loss weight files."""
+"""Shared fixtures: no test may touch the network; fake perceptual-loss weight files; the two
+backbones; a tiny model and an edit batch (built by tests/helpers.py)."""
 import types
 
 import pytest
@@ -47,3 +48,30 @@ def fake_weights(tmp_path_factory):
     return types.SimpleNamespace(dir=root, vgg=vgg_sd, lin=lin_sd)
 
 
+
+
+@pytest.fixture(params=["gpt", "xtransformer"])
+def backbone_name(request) -> str:
+    """Both transformer backbones: `ilat_ext.modules.gpt.GPT` and `...xtransformer.XTransformer`."""
+    return request.param
+
+
+@pytest.fixture(scope="module")
+def models():
+    """Tiny models (`tests.helpers.tiny_ilat`), built once per module: models(cls=..., backbone=..., ...)."""
+    from tests.helpers import tiny_ilat
+    cache = {}
+
+    def get(**kw):
+        key = tuple(sorted((k, v if isinstance(v, (int, float, str)) else repr(v)) for k, v in kw.items()))
+        if key not in cache:
+            cache[key] = tiny_ilat(**kw)
+        return cache[key]
+    return get
+
+
+@pytest.fixture(scope="module")
+def batch():
+    """`tests.helpers.dummy_edit_batch()`: x, sketch c and three masks (a block, two regions, empty)."""
+    from tests.helpers import dummy_edit_batch
+    return dummy_edit_batch()

@@ -99,3 +99,97 @@ def tiny_ddconfig(resolution: int = 32, ch: int = 32, ch_mult=(1, 2), z_channels
 def tiny_vq_lossconfig(disc_start: int = 0) -> dict:
     return {"target": "ilat_ext.modules.losses.VQLPIPSWithDiscriminator",
             "params": {"disc_start": disc_start, "disc_num_layers": 1, "disc_ndf": 8, "perceptual_weight": 0.0}}
+
+
+# ------------------------------------------------------------------ a tiny iLAT model and an edit batch
+# In the style of diffusers' `get_init_dict()` / `get_dummy_inputs()`: one seeded tiny model and one
+# batch that every model-level test starts from. A tiny TS-VQGAN first stage (32 px -> 8 x 8 latent,
+# 64 tokens, 32 codes) and a tiny sketch VQGAN condition stage (64 condition tokens, 16 codes); the
+# transformer's vocabulary (40) is larger than the codebook, so `vocab_limit` is at work.
+TINY_IMG, TINY_FACTOR, TINY_CODES, TINY_COND_CODES, TINY_VOCAB = 32, 4, 32, 16, 40
+DUMMY_LOSS = {"target": "taming.modules.losses.vqperceptual.DummyLoss"}
+BACKBONE_TARGETS = {"gpt": "ilat_ext.modules.gpt.GPT", "xtransformer": "ilat_ext.modules.xtransformer.XTransformer"}
+
+
+def tiny_stage_configs(cond_channels: int = 1):
+    """-> (first_stage_config, cond_stage_config): TS-VQGAN f4 on 32 px, and a VQGAN f4 on the
+    condition (batch key "sketch") with `cond_channels` channels (3: a picture, as the pose
+    models' condition frame)."""
+    ddconfig = tiny_ddconfig(TINY_IMG, ch=32, ch_mult=(1, 1, 1), attn=())
+    first = {"target": "ilat_ext.models.TSVQModel",
+             "params": dict(ddconfig=ddconfig, lossconfig=DUMMY_LOSS, n_embed=TINY_CODES, embed_dim=8)}
+    sketch = dict(ddconfig, in_channels=cond_channels, out_ch=cond_channels)
+    cond = {"target": "ilat_ext.models.VQModel",
+            "params": dict(ddconfig=sketch, lossconfig=DUMMY_LOSS, n_embed=TINY_COND_CODES, embed_dim=8,
+                           image_key="sketch")}
+    return first, cond
+
+
+def tiny_ilat_config(backbone: str = "gpt", block_size: int = 160, cond_channels: int = 1, n_layer: int = 2,
+                     **overrides) -> dict:
+    """The constructor keywords of a tiny ILATTransformer / TamingTransformer / PoseILATTransformer;
+    `overrides` are further constructor keywords (they replace the defaults)."""
+    first, cond = tiny_stage_configs(cond_channels)
+    transformer = {"target": BACKBONE_TARGETS[backbone],
+                   "params": dict(vocab_size=TINY_VOCAB, block_size=block_size, n_layer=n_layer, n_head=2, n_embd=32)}
+    config = dict(transformer_config=transformer, first_stage_config=first, cond_stage_config=cond,
+                  cond_stage_key="sketch", learning_rate=1e-3)
+    config.update(overrides)
+    return config
+
+
+def tiny_ilat(cls=None, head_scale: float = 10.0, seed: int = 0, **overrides):
+    """A tiny model in eval mode, seeded. head_scale > 1 makes greedy argmax robust (no near-ties);
+    1 keeps minGPT's flat init. `overrides` go to `tiny_ilat_config`."""
+    if cls is None:
+        from ilat_ext.models import ILATTransformer as cls
+    config = tiny_ilat_config(**overrides)
+    torch.manual_seed(seed)
+    model = cls(**config)
+    with torch.no_grad():
+        model.transformer.head.weight.mul_(head_scale)
+    return model.eval()
+
+
+def tiny_pose_model(**overrides):
+    """A tiny PoseILATTransformer (condition frame under the batch key "sketch")."""
+    from ilat_ext.models import PoseILATTransformer
+    return tiny_ilat(cls=PoseILATTransformer, **overrides)
+
+
+def dummy_edit_batch():
+    """x (3, 3, 32, 32), sketch c (3, 1, 32, 32), masks (3, 1, 32, 32): a block (3 x 2 cells), two
+    regions incl. the top-left cell (grid token 0) and a 2-row band, and an empty mask."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(3, 3, TINY_IMG, TINY_IMG, generator=g) * 2 - 1
+    c = torch.rand(3, 1, TINY_IMG, TINY_IMG, generator=g) * 2 - 1
+    mask = torch.zeros(3, 1, TINY_IMG, TINY_IMG)
+    mask[0, :, 8:20, 4:12] = 1
+    mask[1, :, 0:3, 0:7] = 1
+    mask[1, :, 20:28, 10:30] = 1
+    return x, c, mask
+
+
+def dataset_batch(x, c, mask) -> dict:
+    """The datasets' layout of an edit batch: (B, H, W, C) tensors."""
+    return {"image": x.permute(0, 2, 3, 1), "sketch": c.permute(0, 2, 3, 1), "mask": mask.permute(0, 2, 3, 1)}
+
+
+def dummy_pose_batch(ref, mask, pose, ref_pose) -> dict:
+    """A batch as the pose datasets give it (images channels-last); the condition frame is "sketch"
+    and the target frame the reference flipped left-right."""
+    return {"sketch": ref.permute(0, 2, 3, 1), "mask": mask.permute(0, 2, 3, 1), "image": ref.flip(3).permute(0, 2, 3, 1),
+            "pose": pose, "cond_pose": ref_pose}
+
+
+def teacher_forced_logits(model, indices, c, allowed, n_codes: int = TINY_CODES):
+    """The model's transformer on [condition part, indices[:, :-1]] -> logits (B, L, n_codes).
+
+    allowed: n_cond -> (B, S, S) attention mask, or None for the backbone's causal mask."""
+    _, c_idx = model.encode_to_c(c)
+    emb, prefix, n_cond = model.sequence_inputs(c_idx)
+    idx = indices[:, :-1] if prefix is None else torch.cat([prefix, indices[:, :-1]], dim=1)
+    n_pre = (0 if emb is None else emb.shape[1]) + (0 if prefix is None else prefix.shape[1])
+    features = model.position_features(c_idx, n_pre, indices.shape[1])   # None unless aligned_condition
+    logits = model.transformer(idx, emb, attn_mask=allowed(n_cond), pos_features=features)[0]
+    return logits[:, n_pre - 1:, :n_codes]
