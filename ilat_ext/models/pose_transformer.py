@@ -8,7 +8,7 @@ plus the 13 target-pose landmarks through a `PointMLP`, placed after the conditi
 
 The LA mask treats the pose features as condition positions. Training pairs are two frames of one
 video (condition frame, target frame); the target is encoded with the union of the two dilated
-pose masks (`ilat_ext.data.pose.pair_mask`) and the masked tokens are learned (Eq. 6). At
+pose masks (`ilat_ext.pose_geometry.pair_mask`) and the masked tokens are learned (Eq. 6). At
 inference the target image is the reference image itself and the mask is the union of the
 reference-pose and target-pose masks: the person is redrawn in the target pose, the background
 outside the mask is kept exactly (Eq. 4).
@@ -31,118 +31,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from ilat_ext.data.pose import LIMBS, NUM_JOINTS, check_pose, normalise_pose, pair_mask
 from ilat_ext.models.cond_transformer import EditResult, position_codes, stage_grid
 from ilat_ext.models.ilat_transformer import ILATTransformer
 from ilat_ext.modules.pointmlp import PointMLP
-
-
-def _limb_frames(pose: torch.Tensor, h: int, w: int):
-    """Each limb of pose (B, 13, 3) on an h x w grid, in cells: start a (B, K, 2), unit direction u
-    (+x for a zero-length limb), normal n (u turned by 90 degrees), length (B, K) and whether both
-    ends are visible (B, K)."""
-    pose = torch.as_tensor(pose, dtype=torch.float32)
-    if pose.dim() != 3 or pose.shape[1:] != (NUM_JOINTS, 3):
-        raise ValueError(f"pose of shape {tuple(pose.shape)} must be (B, {NUM_JOINTS}, 3)")
-    device = pose.device
-    a_idx = torch.tensor([a for a, _ in LIMBS], device=device)
-    b_idx = torch.tensor([b for _, b in LIMBS], device=device)
-    scale = torch.tensor([float(w), float(h)], device=device)
-    a, b = pose[:, a_idx, :2] * scale, pose[:, b_idx, :2] * scale
-    length = (b - a).norm(dim=-1)
-    unit = torch.where(length[..., None] > 1e-6, (b - a) / length.clamp_min(1e-6)[..., None],
-                       torch.tensor([1.0, 0.0], device=device))
-    normal = torch.stack([-unit[..., 1], unit[..., 0]], dim=-1)
-    visible = (pose[:, a_idx, 2] > 0) & (pose[:, b_idx, 2] > 0)
-    return a, unit, normal, length, visible
-
-
-def _cell_coordinates(a, unit, normal, length, h: int, w: int):
-    """Every cell centre (q + 0.5, r + 0.5) in each limb's frame: along s, beside d and the nearest
-    point's place along the limb on = clamp(s, 0, length), each (B, K, h*w)."""
-    ys, xs = torch.meshgrid(torch.arange(h, device=a.device, dtype=torch.float32) + 0.5,
-                            torch.arange(w, device=a.device, dtype=torch.float32) + 0.5, indexing="ij")
-    offset = torch.stack([xs, ys], dim=-1).view(1, 1, h * w, 2) - a[:, :, None]          # (B, K, L, 2)
-    s = (offset * unit[:, :, None]).sum(-1)
-    d = (offset * normal[:, :, None]).sum(-1)
-    return s, d, torch.minimum(s.clamp_min(0), length[..., None])
-
-
-def _cover(s, d, on, visible, reach: float) -> torch.Tensor:
-    """max(0, 1 - distance to the limb / reach), 0 for a limb with an invisible end: (B, K, L)."""
-    distance = torch.sqrt((s - on) ** 2 + d ** 2)
-    return (1 - distance / reach).clamp_min(0) * visible[..., None]
-
-
-def limb_map(pose: torch.Tensor, h: int, w: int, reach: float = 1.0) -> torch.Tensor:
-    """Where the skeleton's limbs are on an h x w token grid: pose (B, 13, 3) normalised [x/W, y/H,
-    visibility] -> (B, len(LIMBS), h, w). Channel k of cell (r, q) is max(0, 1 - d / reach) with d the
-    distance, in cells, from the cell's centre (q + 0.5, r + 0.5) to limb k's segment: 1 on the
-    limb, 0 from `reach` cells away, and 0 everywhere for a limb with an invisible end."""
-    a, unit, normal, length, visible = _limb_frames(pose, h, w)
-    cover = _cover(*_cell_coordinates(a, unit, normal, length, h, w), visible, reach)
-    return cover.view(a.shape[0], len(LIMBS), h, w)
-
-
-def limb_warp(target: torch.Tensor, reference: torch.Tensor, h: int, w: int,
-              reach: float = 1.0) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Where each target-pose grid cell comes from in the reference frame, limb by limb.
-
-    target, reference: (B, 13, 3) normalised poses [x/W, y/H, visibility] of the same person ->
-    (source (B, h*w) long, weight (B, h*w) float). Cell j (centre p, in cells) belongs to the limb
-    whose `limb_map` cover max(0, 1 - d / reach) is largest there (the first such limb on a tie),
-    counting only limbs visible in both poses; weight is that cover (0: no limb near j, source j).
-    In the limb's frame p = a_t + s u_t + d n_t (u_t along the target segment a_t -> b_t, n_t its
-    normal u_t turned by 90 degrees); the point along the segment moves to the same fraction of the
-    reference segment, what lies beyond an end or beside the limb keeps its distance in cells:
-
-        q = a_r + (clamp(s, 0, |t|) / |t| * |r| + s - clamp(s, 0, |t|)) u_r + d n_r
-
-    and source is the reference cell that holds q (clamped to the grid). A zero-length segment
-    counts as pointing along +x. Example: a forearm raised from pointing down to pointing right
-    sends the cells along the raised forearm to the cells the hanging forearm covers."""
-    frames = {}
-    for name, pose in (("target", target), ("reference", reference)):
-        try:
-            frames[name] = _limb_frames(torch.as_tensor(pose, dtype=torch.float32), h, w)
-        except ValueError as err:
-            raise ValueError(f"{name} {err}") from None
-    (a_t, u_t, n_t, len_t, vis_t), (a_r, u_r, n_r, len_r, vis_r) = frames["target"], frames["reference"]
-    if a_t.shape[0] != a_r.shape[0]:
-        raise ValueError(f"{a_t.shape[0]} target poses but {a_r.shape[0]} reference poses")
-    a_r, u_r, n_r, len_r = (t.to(a_t.device) for t in (a_r, u_r, n_r, len_r))
-    s, d, on = _cell_coordinates(a_t, u_t, n_t, len_t, h, w)                          # (B, K, L) each
-    weight, limb = _cover(s, d, on, vis_t & vis_r.to(vis_t.device), reach).max(dim=1)  # (B, L)
-
-    def pick(t):  # (B, K) or (B, K, L) -> the chosen limb's entry per cell, (B, L)
-        t = t if t.dim() == 3 else t[:, :, None].expand(-1, -1, h * w)
-        return t.gather(1, limb[:, None]).squeeze(1)
-
-    s, d, on, len_t, len_r = pick(s), pick(d), pick(on), pick(len_t), pick(len_r)
-    frac = torch.where(len_t > 1e-6, on / len_t.clamp_min(1e-6), torch.zeros_like(on))
-    along = frac * len_r + (s - on)
-    q = torch.stack([pick(a_r[..., i]) + along * pick(u_r[..., i]) + d * pick(n_r[..., i]) for i in (0, 1)],
-                    dim=-1)                                                            # (B, L, 2)
-    col = q[..., 0].floor().clamp(0, w - 1).long()
-    row = q[..., 1].floor().clamp(0, h - 1).long()
-    cells = torch.arange(h * w, device=row.device).expand_as(row)
-    return torch.where(weight > 0, row * w + col, cells), weight
-
-
-def warp_image(image: torch.Tensor, target: torch.Tensor, reference: torch.Tensor,
-               reach: float) -> torch.Tensor:
-    """image (B, C, H, W) of a person posed `reference` -> the person's limbs moved to the `target`
-    pose, pixel by pixel: each pixel within `reach` pixels of a target limb (visible in both poses)
-    takes the image's pixel that `limb_warp` on the H x W pixel grid maps it to; every other pixel
-    stays as it is (the old limbs included). Poses (B, 13, 3) normalised [x/W, y/H, visibility]."""
-    if image.dim() != 4:
-        raise ValueError(f"image of shape {tuple(image.shape)} must be (B, C, H, W)")
-    B, C, H, W = image.shape
-    source, _ = limb_warp(target, reference, H, W, reach)
-    if source.shape[0] != B:
-        raise ValueError(f"{source.shape[0]} poses for {B} images")
-    flat = image.flatten(2)
-    return flat.gather(2, source.to(image.device)[:, None].expand(-1, C, -1)).view_as(image)
+from ilat_ext.pose_geometry import (  # noqa: F401  (limb_warp: importable here as before)
+    LIMBS, NUM_JOINTS, check_pose, limb_map, limb_warp, normalise_pose, pair_mask, warp_image,
+)
 
 
 class PoseCondition(NamedTuple):
@@ -162,7 +56,7 @@ class PoseILATTransformer(ILATTransformer):
         pose_key: batch entry of the target pose, (B, 13, 3) normalised [x/W, y/H, visibility].
         pointmlp_hidden: hidden widths of the PointMLP (the release: 64, 256).
         joint_embedding: add a learned per-joint embedding to the PointMLP features.
-        mask_kwargs: `ilat_ext.data.pose.pose_mask` options for masks built by `synthesize`.
+        mask_kwargs: `ilat_ext.pose_geometry.pose_mask` options for masks built by `synthesize`.
         joint_position_codes: add to each landmark's features the fixed 2D sinusoidal code of where
             it is (`cond_transformer.position_codes`, the code `pos_emb_init: grid` starts the grid
             cells there with), so "which cells does this limb cross" is a match of codes from the

@@ -7,7 +7,7 @@ landmark on its own (3 -> 64 -> 256 -> n_embd, ReLU after every layer), so the 1
 become 13 condition positions (`c_pose` in Fig. 2), placed after the condition-image tokens; the
 LA mask treats them as condition positions (`ILATTransformer`'s `extra` features).
 
-Input: (B, J, 3) rows [x / width, y / height, visibility] (`ilat_ext.data.pose.normalise_pose`:
+Input: (B, J, 3) rows [x / width, y / height, visibility] (`ilat_ext.pose_geometry.normalise_pose`:
 invisible joints are all zeros). Each landmark also gets a learned joint embedding added to its
 features, so the transformer knows which joint a feature came from even where two joints have the
 same coordinates (an addition of ours: without it the features are a set, and the learned position
