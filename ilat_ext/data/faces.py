@@ -50,6 +50,7 @@ import cv2
 import numpy as np
 import torch
 
+from ilat_ext.data.checks import check_item_index, check_seed
 from ilat_ext.data.folder import find_images, read_flist
 from ilat_ext.data.image_files import IMAGE_EXTENSIONS, decode_image, resize_square
 from ilat_ext.data.mask_sources import build_mask_source
@@ -187,9 +188,7 @@ class FaceDataset(torch.utils.data.Dataset):
         if not isinstance(flip, bool):
             raise ValueError(f"flip must be True or False, got {flip!r}")
         self.flip = flip
-        if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0:
-            raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
-        self.seed = int(seed)
+        self.seed = check_seed("seed", seed)
 
         self.sketch = None if sketch is None else os.fspath(sketch)
         self.sketch_flist = None if sketch_flist is None else os.fspath(sketch_flist)
@@ -253,12 +252,8 @@ class FaceDataset(torch.utils.data.Dataset):
         return (image, sketch), ""
 
     def __getitem__(self, index: int) -> dict:
-        if not isinstance(index, (int, np.integer)) or isinstance(index, bool):
-            raise TypeError(f"index must be an integer, got {index!r}")
         n = len(self.paths)
-        index = int(index) + n if index < 0 else int(index)
-        if not 0 <= index < n:
-            raise IndexError(f"index {index} out of range for FaceDataset of length {n}")
+        index = check_item_index(index, n, "FaceDataset")
         for offset in range(n):
             j = (index + offset) % n
             read, bad = self._read(j)

@@ -65,6 +65,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ilat_ext.data.checks import check_item_index, check_probability, check_seed
 from ilat_ext.data.folder import find_images, read_flist
 from ilat_ext.data.image_files import write_image_atomic
 from ilat_ext.data.mask_shapes import DEFAULT_AREA_RANGE, DEFAULT_MODE_PROBS, box_mask, free_form_mask, sample_mask_mode
@@ -112,22 +113,6 @@ def read_mask_file(path: str, height: int, width: int, invert: bool = False) -> 
     image = cv2.resize(image, (int(width), int(height)), interpolation=cv2.INTER_NEAREST)
     mask = image <= 127 if invert else image > 127
     return mask.astype(np.float32)
-
-
-def _check_seed(name: str, value) -> int:
-    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 0:
-        raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
-    return int(value)
-
-
-def _check_probability(name: str, value) -> float:
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a number in [0, 1], got {value!r}") from None
-    if not 0.0 <= value <= 1.0:
-        raise ValueError(f"{name} must be in [0, 1], got {value!r}")
-    return value
 
 
 @dataclass(frozen=True)
@@ -206,10 +191,10 @@ class MaskSource:
         box_ratio: float = 0.0,
     ):
         self.free_form_area = validate_area_range(free_form_area)
-        self.box_ratio = _check_probability("box_ratio", box_ratio)
+        self.box_ratio = check_probability("box_ratio", box_ratio)
         self.mode_probs = validate_mode_probs(DEFAULT_MODE_PROBS if mode_probs is None else mode_probs)
-        self.file_ratio = _check_probability("file_ratio", file_ratio)
-        self.seed = _check_seed("seed", seed)
+        self.file_ratio = check_probability("file_ratio", file_ratio)
+        self.seed = check_seed("seed", seed)
         if not isinstance(invert, bool):
             raise ValueError(f"invert must be True or False, got {invert!r}")
         self.invert = invert
@@ -244,7 +229,7 @@ class MaskSource:
 
     def rng(self, index: int, stream: int = 0) -> np.random.Generator:
         """The generator behind `sample(index, ..., stream=stream)`."""
-        key = [_STREAM_TAG, self.seed, _check_seed("stream", stream), _check_seed("index", index)]
+        key = [_STREAM_TAG, self.seed, check_seed("stream", stream), check_seed("index", index)]
         return np.random.default_rng(key)
 
     def sample(self, index: int, height: int, width: int, stream: int = 0) -> np.ndarray:
@@ -336,7 +321,7 @@ def write_free_form_masks(
     if not isinstance(size, (int, np.integer)) or isinstance(size, bool) or size < 1:
         raise ValueError(f"size must be a positive integer, got {size!r}")
     area_range = validate_area_range(area_range)
-    seed = _check_seed("seed", seed)
+    seed = check_seed("seed", seed)
     output_dir = os.fspath(output_dir)
     os.makedirs(output_dir, exist_ok=True)
     digits = max(5, len(str(count - 1)))
@@ -413,19 +398,13 @@ class MaskedDataset(torch.utils.data.Dataset):
         if image_key == mask_key:
             raise ValueError(f"image_key and mask_key must differ, both are {image_key!r}")
         self.image_key, self.mask_key = image_key, mask_key
-        self.seed = _check_seed("seed", seed)
+        self.seed = check_seed("seed", seed)
 
     def __len__(self) -> int:
         return len(self.dataset)
 
     def __getitem__(self, index: int) -> Dict[str, Any]:
-        if not isinstance(index, (int, np.integer)) or isinstance(index, bool):
-            raise TypeError(f"index must be an integer, got {index!r}")
-        index = int(index)
-        if index < 0:
-            index += len(self)
-        if not 0 <= index < len(self):
-            raise IndexError(f"index {index} out of range for MaskedDataset of length {len(self)}")
+        index = check_item_index(index, len(self), "MaskedDataset")
         item = self.dataset[index]
         if not isinstance(item, Mapping):
             raise TypeError(f"items must be dicts, item {index} is {type(item).__name__}")

@@ -49,6 +49,7 @@ import numpy as np
 import scipy.io
 import torch
 
+from ilat_ext.data.checks import check_item_index
 from ilat_ext.data.pose import (
     NUM_JOINTS, RESIZE_MODES, check_choice, check_mask_kwargs, clean_pose, make_pair_item, resize_image, resize_pose,
 )
@@ -254,11 +255,7 @@ class PennAction(torch.utils.data.Dataset):
                 resize_pose(pose, height, width, self.size, self.resize))
 
     def __getitem__(self, index: int) -> Dict[str, Any]:
-        if not isinstance(index, (int, np.integer)) or isinstance(index, bool):
-            raise TypeError(f"index must be an integer, got {index!r}")
-        index = int(index) + (self.length if index < 0 else 0)
-        if not 0 <= index < self.length:
-            raise IndexError(f"index {index} out of range for PennAction of length {self.length}")
+        index = check_item_index(index, self.length, "PennAction")
         attempt_index = index
         for attempt in range(max(self.length, 1) + 16):
             v, cond, target = self.pair(attempt_index)

@@ -55,6 +55,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from ilat_ext.data.checks import check_item_index
 from ilat_ext.data.folder import find_images, read_flist, read_rgb
 from ilat_ext.data.penn_action import read_frame
 from ilat_ext.data.pose import (
@@ -387,11 +388,7 @@ class SDFPairs(torch.utils.data.Dataset):
                 info)
 
     def __getitem__(self, index: int) -> Dict[str, Any]:
-        if not isinstance(index, (int, np.integer)) or isinstance(index, bool):
-            raise TypeError(f"index must be an integer, got {index!r}")
-        index = int(index) + (len(self) if index < 0 else 0)
-        if not 0 <= index < len(self):
-            raise IndexError(f"index {index} out of range for SDFPairs of length {len(self)}")
+        index = check_item_index(index, len(self), "SDFPairs")
         for offset in range(len(self)):
             folder = self.pairs[(index + offset) % len(self)]
             cond, target = self._load(folder, "cond"), self._load(folder, "target")

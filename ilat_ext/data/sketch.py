@@ -14,8 +14,8 @@ given intensity scale. On a flat patch of intensity I, D = (1 - gamma) * I = 0.0
     white (paper) and only the dark side of an edge, where the narrow blur falls below the wide
     one, turns black (ink): dark lines on white, the look of the paper's figures;
   * with I in [0, 1], D <= 0.03 < eps everywhere flat, so the page is black and only the bright
-    side of edges with contrast above ~0.4 turns white: a sparse, inverted sketch (on the toy
-    faces 0.4-2.5% of pixels are white, and low-contrast outlines vanish).
+    side of edges with contrast above ~0.4 turns white: a sparse, inverted sketch in which
+    low-contrast outlines vanish.
 We therefore evaluate the formula on grey levels in [0, 255] (`intensity_scale=255`), whatever
 the input dtype: uint8 is used as is, floats in [0, 1] are multiplied by 255. `intensity_scale=1`
 reproduces an evaluation on [0, 1] intensities for comparison. With phi=200 per grey level the

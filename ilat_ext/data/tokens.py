@@ -39,6 +39,8 @@ from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple
 import numpy as np
 import torch
 
+from ilat_ext.data.checks import check_item_index
+
 TOKEN_FORMAT = "ilat_ext.tokens"
 TOKEN_VERSION = 1
 ARRAY_KEYS = ("z", "token_mask", "z_full", "c", "index")
@@ -157,11 +159,7 @@ class TokenDataset(torch.utils.data.Dataset):
         return int(self.token_meta["count"])
 
     def __getitem__(self, index: int) -> Dict[str, Any]:
-        if not isinstance(index, (int, np.integer)) or isinstance(index, bool):
-            raise TypeError(f"index must be an integer, got {index!r}")
-        index = int(index)
-        if not -len(self) <= index < len(self):
-            raise IndexError(f"index {index} out of range for TokenDataset of length {len(self)}")
+        index = check_item_index(index, len(self), "TokenDataset")
         k = int(torch.randint(self.masks_per_image, ())) if self.variant == "random" else self.variant
         a = self.arrays
         return {"z_indices": a["z"][index, k].astype(np.int64), "token_mask": a["token_mask"][index, k].astype(bool),

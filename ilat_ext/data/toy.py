@@ -26,6 +26,7 @@ import cv2
 import numpy as np
 import torch
 
+from ilat_ext.data.checks import check_item_index, check_seed
 from ilat_ext.data.mask_shapes import free_form_mask, mask_with_mode, validate_area_range, validate_mode_probs
 from ilat_ext.data.sketch import sketch_from_canvas, sketch_to_tensor_layout
 from ilat_ext.data.toy_face_drawing import (
@@ -239,8 +240,7 @@ class ToyFaces(torch.utils.data.Dataset):
             raise ValueError(f"size must be a multiple of 16 in [32, 256], got {size!r}")
         if not isinstance(length, (int, np.integer)) or isinstance(length, bool) or length < 1:
             raise ValueError(f"length must be a positive integer, got {length!r}")
-        if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0:
-            raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+        seed = check_seed("seed", seed)
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
         if not isinstance(mask, bool):
@@ -268,14 +268,7 @@ class ToyFaces(torch.utils.data.Dataset):
         return sketch_from_canvas(canvas, self.size)
 
     def _check_index(self, index) -> int:
-        if not isinstance(index, (int, np.integer)) or isinstance(index, bool):
-            raise TypeError(f"index must be an integer, got {index!r}")
-        index = int(index)
-        if index < 0:
-            index += self.length
-        if not 0 <= index < self.length:
-            raise IndexError(f"index {index} out of range for ToyFaces of length {self.length}")
-        return index
+        return check_item_index(index, self.length, "ToyFaces")
 
     def __getitem__(self, index: int) -> Dict[str, Any]:
         index = self._check_index(index)
