@@ -4,7 +4,8 @@ iLAT (Cao et al., "The Image Local Autoregressive Transformer", NeurIPS 2021) ed
 region of a face; its experiments use CelebA-HQ and FFHQ. `ToyFaces` stands in for those so that
 configs, tests and demos run anywhere: each item is a face-like portrait (background, shoulders,
 head, hair, ears, eyes, eyebrows, nose, mouth, sometimes glasses, a hat, a beard) drawn with cv2
-at 4x (or 2x) resolution and shrunk with INTER_AREA for anti-aliasing.
+at 4x (or 2x) resolution and shrunk with INTER_AREA for anti-aliasing. The painting of each
+part lives in `ilat_ext.data.toy_face_drawing`; here the parts are composed into a face.
 
 Item `i` is a pure function of `(seed, split, i)`: its generator is
 `np.random.default_rng([_STREAM_TAG, seed, split_id, i, stream])`, so it is identical across calls,
