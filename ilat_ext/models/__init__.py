@@ -1,5 +1,7 @@
 """LightningModules users name in `target:`."""
-from ilat_ext.models.cond_transformer import EditResult, SOSProvider, TamingTransformer, transformer_param_groups
+from ilat_ext.models.cond_transformer import EditResult, TamingTransformer
+from ilat_ext.models.schedule import transformer_param_groups
+from ilat_ext.models.stages import SOSProvider
 from ilat_ext.models.ilat_transformer import ILATTransformer
 from ilat_ext.models.pose_transformer import PoseILATTransformer
 from ilat_ext.models.tsvqgan import TSVQModel

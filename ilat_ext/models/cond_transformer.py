@@ -7,182 +7,43 @@ checkpoints load. What differs, and why:
   while iterating over them, which crashes as soon as an ignore key matches).
 - The condition stage may be `__is_first_stage__` (reuse the first stage) or
   `__is_unconditional__` (one start-of-sequence token), which the PyPI release lacks.
-- Frozen stages are frozen for real (`requires_grad=False`, always in eval mode), so DDP needs no
-  unused-parameter search and optimisers never see them.
-- `learning_rate`, `weight_decay` and `betas` are arguments (main.py still sets the learning
-  rate from `base_learning_rate`); parameter groups cover every trainable parameter exactly once;
-  optional linear warm-up (`warmup_steps`) and linear decay to 0 (`decay_steps`), stepped per batch
-  and restored on resume (the release restarts its schedule).
+- Frozen stages are frozen for real (`ilat_ext.models.stages.freeze`).
+- `learning_rate`, `weight_decay`, `betas`, `warmup_steps` and `decay_steps` are arguments
+  (`ilat_ext.models.schedule`; main.py still sets the learning rate from `base_learning_rate`).
 - Editing, for the side-by-side comparison with iLAT (paper Fig. 4, Table 2):
   `sample_edit` is Taming's edit (every token from the first masked one to the end of the raster
   is regenerated, full quantized decoding); `sample_local` is Taming* (the same weights sampled with
   iLAT's LA mask in taming's layout, masked tokens only, Eq. 4 decoding when the first stage is a
   TS-VQGAN). Both use the KV-cached sampler of `ilat_ext.modules.sampling`. Upstream's `sample()`
   (full AR, no cache) still works and is the reference for whole-image AR time.
-- Training from stored tokens (`scripts/quantize_dataset.py`, `ilat_ext.data.tokens`): a batch
-  with "z_full" and "c_indices" trains without running the frozen stages (`forward_tokens`, with
-  upstream's pkeep corruption and permuter); the file's stages are checked against this model's
-  (`check_token_meta`) when training or validation starts, and `log_images` decodes the tokens.
+- Options of ours (`ilat_ext.models.options`, off by default): `pos_emb_init`,
+  `aligned_condition`, `aligned_kernel`.
+- Training from stored tokens (`ilat_ext.models.token_training`): a batch with "z_full" and
+  "c_indices" trains without running the frozen stages (`forward_tokens`, with upstream's pkeep
+  corruption and permuter).
 """
-import hashlib
-import math
+import logging
 from dataclasses import dataclass
-from numbers import Integral
-from typing import Any, Dict, Iterator, Mapping, Optional, Sequence, Tuple, Union
+from typing import Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 import ilat_ext.compat  # noqa: F401  (makes taming.models importable on Lightning 2)
 from taming.models.cond_transformer import Net2NetTransformer as _UpstreamNet2Net
 
 from ilat_ext.masks import check_pixel_mask, la_attention_mask, la_causal_positions, latent_mask
 from ilat_ext.models.base import CheckpointMixin
+from ilat_ext.models.options import ConditioningOptions, aligned_features, build_aligned, init_grid_positions
+from ilat_ext.models.options import reject_options
+from ilat_ext.models.schedule import TransformerOptimization, check_schedule
+from ilat_ext.models.stages import SOSProvider, freeze, stage_grid  # noqa: F401  (stage_grid: importable here)
+from ilat_ext.models.token_training import TokenTraining
+from ilat_ext.modules.position_codes import grid_codes, position_codes  # noqa: F401  (importable here as before)
 from ilat_ext.modules.sampling import SampleResult, sample_tokens
 from ilat_ext.util import instantiate_from_config
 
-
-def disabled_train(self, mode: bool = True):
-    """Replaces `.train` on frozen stages so Lightning's model.train() cannot switch them back."""
-    return self
-
-
-def freeze(module: nn.Module) -> nn.Module:
-    module.eval()
-    module.train = disabled_train.__get__(module)
-    for p in module.parameters():
-        p.requires_grad_(False)
-    return module
-
-
-class SOSProvider(nn.Module):
-    """Unconditional "condition stage": a single start-of-sequence token per sample."""
-
-    def __init__(self, sos_token: int):
-        super().__init__()
-        self.sos_token = int(sos_token)
-
-    def encode(self, x: torch.Tensor):
-        """x: (B, ...) -> (None, None, (None, None, indices (B, 1)))."""
-        c = torch.full((x.shape[0], 1), self.sos_token, dtype=torch.long, device=x.device)
-        return None, None, (None, None, c)
-
-
-def stage_fingerprint(module: nn.Module) -> str:
-    """sha256 (hex) of a frozen stage: its class, every state-dict entry's name, dtype, shape and bytes
-    in name order, and the SOSProvider's token. Equal for the same weights on any device."""
-    h = hashlib.sha256(f"{type(module).__module__}.{type(module).__qualname__}".encode())
-    if isinstance(module, SOSProvider):
-        h.update(f"sos_token={module.sos_token}".encode())
-    for name, value in sorted(module.state_dict().items()):
-        value = value.detach().to("cpu").contiguous()
-        h.update(f"|{name}|{value.dtype}|{tuple(value.shape)}|".encode())
-        h.update(value.reshape(-1).view(torch.uint8).numpy().tobytes() if value.numel() else b"")
-    return h.hexdigest()
-
-
-def _datasets_in(obj: Any, depth: int = 0) -> Iterator[Any]:
-    """Datasets reachable from a dataloader (or a list/dict of them), through wrappers that keep the
-    inner dataset in `.dataset` (MaskedDataset, Subset, DataLoader) or `.data` (WrappedDataset)."""
-    if obj is None or depth > 8:
-        return
-    if isinstance(obj, (list, tuple)):
-        for o in obj:
-            yield from _datasets_in(o, depth + 1)
-    elif isinstance(obj, Mapping):
-        for o in obj.values():
-            yield from _datasets_in(o, depth + 1)
-    elif isinstance(obj, torch.utils.data.DataLoader):
-        yield from _datasets_in(obj.dataset, depth + 1)
-    else:
-        yield obj
-        for attr in ("dataset", "data"):
-            inner = getattr(obj, attr, None)
-            if isinstance(inner, torch.utils.data.Dataset):
-                yield from _datasets_in(inner, depth + 1)
-
-
-def transformer_param_groups(module: nn.Module, weight_decay: float):
-    """AdamW groups: weight decay on Linear (and Conv) weights only; biases, norms, embeddings and
-    free parameters (e.g. minGPT's `pos_emb`) without. Every parameter lands in exactly one group."""
-    decay_types = (nn.Linear, nn.Conv1d, nn.Conv2d)
-    decay, no_decay = [], []
-    seen = set()
-    for module_name, sub in module.named_modules():
-        for name, param in sub.named_parameters(recurse=False):
-            if not param.requires_grad or id(param) in seen:
-                continue
-            seen.add(id(param))
-            (decay if name == "weight" and isinstance(sub, decay_types) else no_decay).append(param)
-    trainable = {id(p) for p in module.parameters() if p.requires_grad}
-    assert seen == trainable, "every trainable parameter must be in exactly one group"
-    return [{"params": decay, "weight_decay": float(weight_decay)}, {"params": no_decay, "weight_decay": 0.0}]
-
-
-def warmup_linear_decay(step: int, warmup_steps: int = 0, decay_steps: Optional[int] = None) -> float:
-    """Learning-rate factor: linear warm-up over `warmup_steps`, then linear decay reaching 0 at
-    `decay_steps` (None: constant after warm-up). The release's schedule: 10k warm-up, 0 at 300k."""
-    if warmup_steps > 0 and step < warmup_steps:
-        return (step + 1) / warmup_steps
-    if decay_steps is None:
-        return 1.0
-    return max(0.0, (decay_steps - step) / max(1, decay_steps - warmup_steps))
-
-
-FOLLOW_MAX_STEPS = "max_steps"
-
-
-def check_schedule(warmup_steps, decay_steps) -> Tuple[int, Union[int, str, None]]:
-    """Validated (warmup_steps, decay_steps) of `warmup_linear_decay`. decay_steps may also be
-    "max_steps": decay to 0 at the trainer's max_steps (so `--max_steps N` fits the schedule to N)."""
-    if isinstance(warmup_steps, bool) or not isinstance(warmup_steps, Integral) or warmup_steps < 0:
-        raise ValueError(f"warmup_steps must be an integer >= 0, got {warmup_steps!r}")
-    if decay_steps is None or decay_steps == FOLLOW_MAX_STEPS:
-        return int(warmup_steps), decay_steps
-    if isinstance(decay_steps, bool) or not isinstance(decay_steps, Integral) or decay_steps <= warmup_steps:
-        raise ValueError(f"decay_steps must be None, {FOLLOW_MAX_STEPS!r} or an integer above warmup_steps "
-                         f"({warmup_steps}), got {decay_steps!r}")
-    return int(warmup_steps), int(decay_steps)
-
-
-def position_codes(y: torch.Tensor, x: torch.Tensor, dim: int, cells: int, std: float = 0.02) -> torch.Tensor:
-    """2D sinusoidal codes (..., dim) of points at NORMALISED image coordinates y, x (..., in [0, 1]):
-    half the channels encode y, half x, each as sin/cos pairs with wavelengths from 2 cells of a
-    `cells`-wide grid to 2 image heights (geometric), scaled to standard deviation `std` (minGPT's
-    embedding scale). The same function places grid cells (`grid_codes`) and pose landmarks."""
-    if dim < 4 or dim % 4:
-        raise ValueError(f"position codes need n_embd divisible by 4, got {dim}")
-    n_freq = dim // 4
-    wavelengths = torch.logspace(math.log10(2.0 / cells), math.log10(2.0), n_freq, dtype=torch.float64,
-                                 device=y.device)
-    angle_y = 2 * math.pi * y.double()[..., None] / wavelengths                      # (..., n_freq)
-    angle_x = 2 * math.pi * x.double()[..., None] / wavelengths
-    codes = torch.cat([angle_y.sin(), angle_y.cos(), angle_x.sin(), angle_x.cos()], dim=-1)
-    return (codes * (std / math.sqrt(0.5))).float()
-
-
-def grid_codes(h: int, w: int, dim: int, cells: Optional[int] = None, std: float = 0.02) -> torch.Tensor:
-    """`position_codes` (h * w, dim) of the cell centres of an h x w grid in raster order; grids of
-    different sizes over one image get matching codes at matching places when they share `cells`
-    (default max(h, w))."""
-    ys = ((torch.arange(h, dtype=torch.float64) + 0.5) / h)[:, None].expand(h, w)
-    xs = ((torch.arange(w, dtype=torch.float64) + 0.5) / w)[None, :].expand(h, w)
-    return position_codes(ys.reshape(-1), xs.reshape(-1), dim, cells or max(h, w), std)
-
-
-def stage_grid(stage: nn.Module, size: Optional[int] = None) -> Optional[Tuple[int, int]]:
-    """(h, w) token grid of a taming-style stage (an `encoder` with `resolution` and
-    `num_resolutions`) for square inputs of `size` (default: the encoder's resolution); None for a
-    stage without one (the unconditional SOS provider)."""
-    encoder = getattr(stage, "encoder", None)
-    if encoder is None or not hasattr(encoder, "num_resolutions"):
-        return None
-    side = int(size if size is not None and size > 0 else encoder.resolution) // 2 ** (encoder.num_resolutions - 1)
-    return side, side
-
-
-POS_EMB_INITS = (None, "grid")
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -199,14 +60,21 @@ class EditResult:
     logits: Optional[torch.Tensor] = None
 
 
-class TamingTransformer(CheckpointMixin, _UpstreamNet2Net):
-    """Upstream's constructor plus `sos_token`, `learning_rate`, `weight_decay`, `betas`, `unsafe_load`.
+class TamingTransformer(TokenTraining, TransformerOptimization, CheckpointMixin, _UpstreamNet2Net):
+    """Upstream's constructor plus `sos_token`, `learning_rate`, `weight_decay`, `betas`, `mask_key`,
+    the schedule (`warmup_steps`, `decay_steps`) and the conditioning options of ours
+    (`ilat_ext.models.options.ConditioningOptions`: `pos_emb_init`, `aligned_condition`,
+    `aligned_kernel`). Any other keyword is refused (a removed option with the reason it went).
 
     `forward(x (B, C, H, W), c)` -> `(logits (B, h*w, vocab), target (B, h*w))`; `sample(...)` is
     upstream's full autoregressive sampler (the reference for whole-image AR time).
+
+    Subclasses take their own keywords and pass the rest here; they add their modules in
+    `build_modules` (called before `ckpt_path` is loaded).
     """
 
     ddp_find_unused_parameters = False
+    n_extra_positions = 0  # condition features between the condition tokens and the grid (pose: 13)
 
     def __init__(self, transformer_config, first_stage_config, cond_stage_config, permuter_config=None,
                  ckpt_path: Optional[str] = None, ignore_keys: Sequence[str] = (), first_stage_key: str = "image",
@@ -214,23 +82,10 @@ class TamingTransformer(CheckpointMixin, _UpstreamNet2Net):
                  sos_token: int = 0, learning_rate: Optional[float] = None, weight_decay: float = 0.01,
                  betas: Tuple[float, float] = (0.9, 0.95), mask_key: str = "mask", warmup_steps: int = 0,
                  decay_steps: Union[int, str, None] = None, pos_emb_init: Optional[str] = None,
-                 aligned_condition: bool = False, aligned_kernel: int = 1, condition_tokens: bool = True):
+                 aligned_condition: bool = False, aligned_kernel: int = 1, **removed_options):
+        reject_options(type(self).__name__, removed_options)
         warmup_steps, decay_steps = check_schedule(warmup_steps, decay_steps)
-        if not isinstance(condition_tokens, bool):
-            raise ValueError(f"condition_tokens must be true or false, got {condition_tokens!r}")
-        if not condition_tokens and not aligned_condition:
-            raise ValueError("condition_tokens: false leaves the condition only to aligned_condition; set "
-                             "aligned_condition: true (without it the model would never see the condition)")
-        if not condition_tokens and cond_stage_config == "__is_unconditional__":
-            raise ValueError("condition_tokens: false is for conditional models; this one is unconditional")
-        self.condition_tokens = condition_tokens
-        if isinstance(aligned_kernel, bool) or not isinstance(aligned_kernel, Integral) or aligned_kernel < 1 \
-                or aligned_kernel % 2 == 0:
-            raise ValueError(f"aligned_kernel must be an odd integer >= 1, got {aligned_kernel!r}")
-        if aligned_kernel > 1 and not aligned_condition:
-            raise ValueError(f"aligned_kernel {aligned_kernel} needs aligned_condition: true")
-        if pos_emb_init not in POS_EMB_INITS:
-            raise ValueError(f"pos_emb_init must be one of {POS_EMB_INITS}, got {pos_emb_init!r}")
+        self.conditioning = ConditioningOptions(pos_emb_init, aligned_condition, aligned_kernel)
         self.be_unconditional = cond_stage_config == "__is_unconditional__"
         self.sos_token = sos_token
         super().__init__(transformer_config, first_stage_config, cond_stage_config, permuter_config=permuter_config,
@@ -245,68 +100,27 @@ class TamingTransformer(CheckpointMixin, _UpstreamNet2Net):
         self.warmup_steps, self.decay_steps = warmup_steps, decay_steps
         self.token_latent_shape: Optional[Tuple[int, int]] = None  # (h, w) from a checked token file
         self._checked_token_datasets = set()
-        self.pos_emb_init = pos_emb_init
-        if pos_emb_init == "grid":
-            self.init_grid_positions()
-        self.aligned_emb = self._aligned_embedding() if aligned_condition else None
-        self.aligned_conv = self._aligned_context(int(aligned_kernel)) if aligned_kernel > 1 else None
+        self.build_modules()
         if ckpt_path is not None:
             self.init_from_ckpt(ckpt_path, ignore_keys=ignore_keys)
 
-    def _aligned_embedding(self) -> nn.Embedding:
-        """`aligned_condition: true`: an embedding of the condition codes, added (through the
-        backbone's `pos_features`) to the input of the position that predicts grid cell j: the
-        condition token of cell j itself. The condition tokens still enter the sequence as the
-        paper has them; this gives the transformer the spatially aligned one directly instead of
-        making it find cell j among N condition tokens by attention, which in our CPU runs had not
-        happened after 1000 steps (sketch NLL gap 0.01; with it 0.2 after 350 steps). Needs a
-        condition on the same grid as the image tokens (sketches, the pose task's reference
-        frame) in raster order. An addition of ours; off by default."""
-        if self.be_unconditional:
-            raise ValueError("aligned_condition needs a condition; this model is unconditional")
-        from taming.modules.transformer.permuter import Identity
-        if not isinstance(self.permuter, Identity):
-            raise ValueError(f"aligned_condition needs raster order (permuter_config Identity), not "
-                             f"{type(self.permuter).__name__}")
-        grid = stage_grid(self.first_stage_model)
-        cond = stage_grid(self.cond_stage_model, self.downsample_cond_size)
-        if grid is None or cond is None or grid != cond:
-            raise ValueError(f"aligned_condition needs the condition tokens on the image-token grid; the condition "
-                             f"stage gives {cond}, the first stage {grid}")
-        emb = nn.Embedding(int(self.cond_stage_model.quantize.n_e), self.transformer.n_embd)
-        nn.init.normal_(emb.weight, std=0.02)
-        self.aligned_grid = grid
-        return emb
-
-    def _aligned_context(self, kernel: int) -> nn.Conv2d:
-        """`aligned_kernel: k` (k > 1): the aligned feature of cell j also sees the condition cells
-        around it: `aligned_emb(c) + conv_kxk(aligned_emb(c))` on the (h, w) grid, the residual conv
-        starting at zero (so training starts from k = 1). The row predicting cell j then knows the
-        strokes right of and below j, which the autoregressive order has not reached yet; the
-        condition is known in full, so nothing leaks. An addition of ours, off by default."""
-        n_embd = self.transformer.n_embd
-        conv = nn.Conv2d(n_embd, n_embd, kernel, padding=kernel // 2)
-        nn.init.zeros_(conv.weight)
-        nn.init.zeros_(conv.bias)
-        return conv
+    def build_modules(self) -> None:
+        """The conditioning options' modules (`aligned_emb`, `aligned_conv`) and the grid start of
+        the positions. Subclasses extend it (call super first: the parameters' random start follows
+        the order they are made in)."""
+        self.pos_emb_init = self.conditioning.pos_emb_init
+        if self.pos_emb_init == "grid":
+            init_grid_positions(self)
+        self.aligned_emb, self.aligned_conv = build_aligned(self, self.conditioning)
 
     def position_features(self, c_idx: torch.Tensor, n_pre: int, n_grid: int,
                           extra: Optional[torch.Tensor] = None) -> Optional[torch.Tensor]:
         """The backbone's `pos_features` for a sequence of n_pre leading positions and n_grid grid
-        tokens: (B, n_pre + n_grid - 1, C), zero except `aligned_emb(c_j)` (plus, with
-        `aligned_kernel` > 1, the convolution of the embeddings around cell j) at the position that
-        predicts grid cell j (n_pre - 1 + j); None without `aligned_condition`. `extra`: the extra
-        condition features of the sequence (the pose model's pose map lives there); unused here."""
+        tokens: (B, n_pre + n_grid - 1, C) from `aligned_features`; None without `aligned_condition`.
+        `extra`: the extra condition features of the sequence (the pose model's map); unused here."""
         if self.aligned_emb is None:
             return None
-        if c_idx.shape[1] != n_grid:
-            raise ValueError(f"aligned_condition: {c_idx.shape[1]} condition tokens for {n_grid} grid tokens")
-        aligned = self.aligned_emb(c_idx.long())                                      # (B, L, C)
-        if self.aligned_conv is not None:
-            h, w = self.aligned_grid
-            grid = aligned.transpose(1, 2).reshape(aligned.shape[0], -1, h, w)          # (B, C, h, w)
-            aligned = aligned + self.aligned_conv(grid).flatten(2).transpose(1, 2)
-        return F.pad(aligned, (0, 0, n_pre - 1, 0))
+        return aligned_features(self.aligned_emb, self.aligned_conv, self.aligned_grid, c_idx, n_pre, n_grid)
 
     def forward(self, x: torch.Tensor, c: torch.Tensor):
         """Upstream's forward; with `aligned_condition` the same through `forward_tokens` (which adds
@@ -324,51 +138,15 @@ class TamingTransformer(CheckpointMixin, _UpstreamNet2Net):
                                       "(Taming's edit) or sample_local")
         return super().sample(*args, **kwargs)
 
-    n_extra_positions = 0  # condition features between the condition tokens and the grid (pose: 13)
-
-    @torch.no_grad()
-    def init_grid_positions(self) -> None:
-        """`pos_emb_init: grid`: start the backbone's (trainable) `pos_emb` with `grid_codes`, the
-        same code for condition cell (r, c) and for the position whose output predicts grid cell
-        (r, c) (in normalised coordinates, so a coarser condition grid still lines up): positions
-        carry their 2D place from the first step, where minGPT's start at zero. On its own it did
-        not make the toy iLAT use its sketch within 350 steps (mouth-token loss 2.941 with the
-        face's own sketch, 2.937 with another's); `aligned_condition` did. Start tokens and extra
-        condition features keep the backbone's initial value. The paper's (and upstream's) learned
-        embedding is the default (`pos_emb_init: null`)."""
-        pos_emb = self.transformer.pos_emb                                             # (1, block, C)
-        dim = pos_emb.shape[-1]
-        grid = stage_grid(self.first_stage_model)
-        if grid is None:
-            raise ValueError("pos_emb_init 'grid' needs a first stage with a taming encoder")
-        cond = None if self.be_unconditional else stage_grid(self.cond_stage_model, self.downsample_cond_size)
-        n_cond = 0 if cond is None or not self.condition_tokens else cond[0] * cond[1]
-        L = grid[0] * grid[1]
-        start = self.layout == "start"
-        first_cond = 1 if start else 0                                  # after c_s in the start layout
-        # taming's layout without condition tokens starts with one sos token, which predicts cell 0
-        n_pre = (1 + n_cond + self.n_extra_positions + 1) if start else (n_cond if self.condition_tokens else 1)
-        if n_pre + L - 1 > pos_emb.shape[1]:
-            raise ValueError(f"pos_emb_init 'grid': the sequence needs {n_pre + L - 1} positions, the "
-                             f"transformer's block_size is {pos_emb.shape[1]}")
-        cells = max(grid)                       # one set of wavelengths for both grids
-        if n_cond:
-            pos_emb[0, first_cond:first_cond + n_cond] = grid_codes(*cond, dim, cells).to(pos_emb)
-        codes = grid_codes(*grid, dim, cells).to(pos_emb)
-        # the output at position n_pre - 1 + j predicts cell j; in taming's layout position n_cond - 1
-        # is also the last condition cell, which keeps its condition code
-        j0 = 0 if start or not n_cond else 1
-        pos_emb[0, n_pre - 1 + j0:n_pre - 1 + L] = codes[j0:]
-
     def init_first_stage_from_ckpt(self, config):
         self.first_stage_model = freeze(instantiate_from_config(config))
 
     def init_cond_stage_from_ckpt(self, config):
         if config == "__is_first_stage__":
-            print("Using the first stage also as the condition stage.")
+            logger.info("Using the first stage also as the condition stage.")
             self.cond_stage_model = self.first_stage_model
         elif config == "__is_unconditional__":
-            print(f"Training unconditionally; start-of-sequence token {self.sos_token}.")
+            logger.info("Training unconditionally; start-of-sequence token %s.", self.sos_token)
             self.cond_stage_model = SOSProvider(self.sos_token)
         else:
             self.cond_stage_model = freeze(instantiate_from_config(config))
@@ -380,32 +158,6 @@ class TamingTransformer(CheckpointMixin, _UpstreamNet2Net):
             c = F.interpolate(c, size=(self.downsample_cond_size, self.downsample_cond_size))
         quant_c, _, info = self.cond_stage_model.encode(c)
         return quant_c, info[2].view(c.shape[0], -1)
-
-    def configure_optimizers(self):
-        if self.learning_rate is None:
-            raise ValueError(f"{type(self).__name__}.learning_rate is not set: pass learning_rate= or let "
-                             "main.py set it from model.base_learning_rate")
-        groups = transformer_param_groups(self, self.weight_decay)  # frozen stages have no trainable params
-        optimizer = torch.optim.AdamW(groups, lr=self.learning_rate, betas=self.betas)
-        if self.warmup_steps <= 0 and self.decay_steps is None:
-            return optimizer
-        decay_steps = self.decay_steps
-        if decay_steps == FOLLOW_MAX_STEPS:
-            decay_steps = self._trainer_max_steps()
-        factor = lambda step: warmup_linear_decay(step, self.warmup_steps, decay_steps)  # noqa: E731
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
-
-    def _trainer_max_steps(self) -> int:
-        """The trainer's max_steps, for `decay_steps: max_steps` (a run no longer than the warm-up
-        never leaves it); a clear error where there is none."""
-        trainer = getattr(self, "_trainer", None)
-        max_steps = None if trainer is None else trainer.max_steps
-        if max_steps is None or max_steps <= 0:
-            got = "no trainer is attached" if max_steps is None else f"the trainer's max_steps is {max_steps}"
-            raise ValueError(f"decay_steps: {FOLLOW_MAX_STEPS} decays the learning rate to 0 at the trainer's "
-                             f"max_steps, but {got}; pass --max_steps or set decay_steps to a number")
-        return max(int(max_steps), self.warmup_steps + 1)
 
     # ------------------------------------------------------------------ editing
     layout = "taming"  # condition tokens first, no start tokens (upstream's sequence)
@@ -471,19 +223,10 @@ class TamingTransformer(CheckpointMixin, _UpstreamNet2Net):
 
     def sequence_inputs(self, c_indices: torch.Tensor, extra: Optional[torch.Tensor] = None):
         """-> (embeddings (B, E, C) or None, prefix tokens (B, P) or None, n_cond) of the sequence
-        before the grid tokens. Taming's layout: the condition tokens as a prefix; with
-        `condition_tokens: false` one `sos_token` instead (the condition enters through
-        `position_features` alone)."""
+        before the grid tokens. Taming's layout: the condition tokens as a prefix."""
         if extra is not None:
             raise ValueError(f"{type(self).__name__} takes no extra condition features")
-        if not self.condition_tokens:
-            return None, self.start_tokens(c_indices), 1
         return None, c_indices, c_indices.shape[1]
-
-    def start_tokens(self, c_indices: torch.Tensor) -> torch.Tensor:
-        """(B, 1) of `sos_token`: the prefix of taming's layout without condition tokens (upstream's
-        start token of unconditional models, here with the aligned condition at its position)."""
-        return torch.full((c_indices.shape[0], 1), int(self.sos_token), dtype=torch.long, device=c_indices.device)
 
     @torch.no_grad()
     def _edit(self, x, mask, c, extra, mode: str, greedy: bool, temperature: float, top_k: Optional[int],
@@ -576,7 +319,7 @@ class TamingTransformer(CheckpointMixin, _UpstreamNet2Net):
     def get_mask(self, batch, x: torch.Tensor) -> torch.Tensor:
         if self.mask_key not in batch:
             raise KeyError(f"the batch has no '{self.mask_key}' entry (keys: {sorted(batch)}); wrap the dataset "
-                           "in ilat_ext.data.masked.MaskedDataset or set mask_key")
+                           "in ilat_ext.data.mask_sources.MaskedDataset or set mask_key")
         return check_pixel_mask(self.get_input(self.mask_key, batch), x)
 
     @torch.no_grad()
@@ -606,18 +349,6 @@ class TamingTransformer(CheckpointMixin, _UpstreamNet2Net):
         return {"taming": self.sample_edit(x, mask, c).image, "taming_star": self.sample_local(x, mask, c).image}
 
     # ------------------------------------------------------------------ training from stored tokens
-    token_batch_key = "z_full"  # the batch entry that makes shared_step train from tokens
-
-    def batch_tokens(self, batch, key: str) -> torch.Tensor:
-        """batch[key] as a (B, n) tensor on this model's device (a token batch from `TokenDataset`)."""
-        if key not in batch:
-            raise KeyError(f"the token batch has no '{key}' entry (keys: {sorted(batch)}); "
-                           "use ilat_ext.data.tokens.TokenDataset")
-        value = torch.as_tensor(batch[key], device=self.device)
-        if value.dim() != 2:
-            raise ValueError(f"batch['{key}'] must be (B, n), got shape {tuple(value.shape)}")
-        return value
-
     def forward_tokens(self, z: torch.Tensor, c_idx: torch.Tensor):
         """Upstream's `forward` from stored tokens: z (B, L) grid tokens in raster order (the permuter
         is applied here, as upstream's `encode_to_z` does), c_idx (B, N) condition tokens
@@ -640,107 +371,3 @@ class TamingTransformer(CheckpointMixin, _UpstreamNet2Net):
             return super().shared_step(batch, batch_idx)
         logits, target = self.forward_tokens(self.batch_tokens(batch, "z_full"), self.batch_tokens(batch, "c_indices"))
         return F.cross_entropy(logits.reshape(-1, logits.size(-1)), target.reshape(-1))
-
-    def token_meta(self) -> Dict[str, Any]:
-        """What a token file must share with this model: per stage its codebook size, downsampling
-        and `stage_fingerprint` (stored under meta["stages"] by scripts/quantize_dataset.py)."""
-        def codes(stage):
-            quantize = getattr(stage, "quantize", None)
-            return None if quantize is None else int(quantize.n_e)
-        return {"first_stage": {"n_embed": codes(self.first_stage_model), "downsample": self.first_stage_factor,
-                                "fingerprint": stage_fingerprint(self.first_stage_model)},
-                "cond_stage": {"n_embed": codes(self.cond_stage_model),
-                               "downsample_cond_size": int(self.downsample_cond_size),
-                               "fingerprint": stage_fingerprint(self.cond_stage_model)}}
-
-    def sequence_positions(self, n_cond_tokens: int, n_grid: int) -> int:
-        """Transformer positions a training sequence of N condition and L grid tokens takes."""
-        c_idx = torch.zeros(1, int(n_cond_tokens), dtype=torch.long, device=self.device)
-        with torch.no_grad():
-            emb, prefix, _ = self.sequence_inputs(c_idx)
-        n_pre = (0 if emb is None else emb.shape[1]) + (0 if prefix is None else prefix.shape[1])
-        return n_pre + int(n_grid) - 1
-
-    def check_token_meta(self, meta: Mapping[str, Any], source: str = "token file") -> None:
-        """Raise ValueError naming every difference between a token file's meta and this model:
-        codebook sizes, downsampling, stage weights (fingerprints), and whether its sequences fit
-        the transformer's block_size. Remembers the file's latent grid for `log_images`."""
-        stored = meta.get("stages") or {}
-        problems = []
-        for stage, mine in self.token_meta().items():
-            for key, value in mine.items():
-                theirs = (stored.get(stage) or {}).get(key)
-                if theirs != value:
-                    if key == "fingerprint":
-                        made = ((meta.get(f"{stage}_config") or {}).get("params") or {}).get("ckpt_path")
-                        report = getattr(getattr(self, f"{stage}_model"), "ckpt_load_report", None)
-                        loaded = getattr(report, "source", None)
-                        problems.append(f"{stage} weights differ (fingerprint {str(theirs)[:12]} in the file, made "
-                                        f"from {made!r}; {value[:12]} in the model, loaded from {loaded!r})")
-                    else:
-                        problems.append(f"{stage} {key}: {theirs!r} in the file, {value!r} in the model")
-        L, N = int(meta["latent_length"]), int(meta["cond_length"])
-        block = int(self.transformer.get_block_size())
-        need = self.sequence_positions(N, L)
-        if need > block:
-            problems.append(f"its sequences ({N} condition + {L} grid tokens) need {need} positions, the "
-                            f"transformer's block_size is {block}")
-        if problems:
-            raise ValueError(f"{source} does not match this model's stages:\n  - " + "\n  - ".join(problems) +
-                             "\nre-run scripts/quantize_dataset.py with this model's config and stage checkpoints")
-        shape = meta.get("latent_shape")
-        if shape is not None:
-            self.token_latent_shape = (int(shape[0]), int(shape[1]))
-
-    def _check_token_datasets(self, loaders) -> None:
-        for dataset in _datasets_in(loaders):
-            meta = getattr(dataset, "token_meta", None)
-            if isinstance(meta, Mapping) and id(dataset) not in self._checked_token_datasets:
-                self.check_token_meta(meta, source=f"token file {getattr(dataset, 'path', '?')!r}")
-                self._checked_token_datasets.add(id(dataset))
-
-    def on_train_start(self) -> None:
-        self._check_token_datasets(self.trainer.train_dataloader)
-
-    def on_validation_start(self) -> None:
-        self._check_token_datasets(self.trainer.val_dataloaders)
-
-    def _token_grid(self, n_tokens: int) -> Optional[Tuple[int, int]]:
-        if self.token_latent_shape is not None and math.prod(self.token_latent_shape) == n_tokens:
-            return self.token_latent_shape
-        side = math.isqrt(n_tokens)
-        return (side, side) if side * side == n_tokens else None
-
-    def _codebook_latent(self, indices: torch.Tensor, grid: Tuple[int, int]) -> torch.Tensor:
-        """indices (B, h*w) -> their codebook vectors (B, D, h, w)."""
-        quant = self.first_stage_model.quantize.embedding(indices.reshape(indices.shape[0], *grid))
-        return quant.permute(0, 3, 1, 2).contiguous()
-
-    @torch.no_grad()
-    def _log_token_images(self, batch, N: int):
-        """inputs (z_full decoded) | mask (M_q in pixels) | reconstructions (z_indices decoded) | edits
-        from the tokens; no condition image (the sketch is stored as tokens only). Empty if the latent
-        grid is unknown (not square and no checked token file)."""
-        key = "z_full" if "z_full" in batch else "z_indices"
-        z_full = self.batch_tokens(batch, key)[:N].long()
-        grid = self._token_grid(z_full.shape[1])
-        if grid is None:
-            return {}
-        log = {"inputs": self.decode_tokens(z_full, self._codebook_latent(z_full, grid), None)}
-        if not all(k in batch for k in ("z_indices", "token_mask", "c_indices")):
-            return log
-        z = self.batch_tokens(batch, "z_indices")[:N].long()
-        m_q = self.batch_tokens(batch, "token_mask")[:N].bool()
-        c_idx = self.batch_tokens(batch, "c_indices")[:N].long()
-        f = self.first_stage_factor
-        pixels = m_q.view(-1, 1, *grid).float().repeat_interleave(f, 2).repeat_interleave(f, 3)
-        kept = self._codebook_latent(z, grid)
-        log["mask"] = pixels * 2 - 1
-        log["reconstructions"] = self.decode_tokens(z, kept, None)
-        if m_q.any():
-            log.update(self._log_token_edits(z, kept, m_q, c_idx))
-        return log
-
-    def _log_token_edits(self, z, kept, m_q, c_idx):
-        return {"taming": self._edit_tokens(z, kept, m_q, c_idx, mode="taming").image,
-                "taming_star": self._edit_tokens(z, kept, m_q, c_idx, mode="local").image}

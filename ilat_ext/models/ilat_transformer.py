@@ -26,7 +26,7 @@ Training from stored tokens (`scripts/quantize_dataset.py`): a batch with "z_ind
 with its mask), "token_mask" (M_q) and "c_indices" goes through `forward_tokens`, the part of
 `forward` after encoding, so the frozen stages do not run at each step.
 """
-from typing import Optional, Sequence, Tuple, Union
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -38,16 +38,18 @@ from ilat_ext.util import instantiate_from_config
 
 
 class ILATTransformer(TamingTransformer):
-    """Net2NetTransformer's constructor plus iLAT's options.
+    """Net2NetTransformer's constructor plus iLAT's own arguments; every other keyword (stages,
+    keys, optimisation, the conditioning options) is `TamingTransformer`'s, passed up as given.
 
     Args (beyond `TamingTransformer`'s):
         layout: "start" (iLAT's sequence with start tokens and a separate condition embedding) or
             "taming" (upstream's sequence, for finetuning Taming checkpoints).
         lm_rate: fraction of each training batch trained with the plain causal mask and a loss on
             every token (0 = pure LA training).
-        mask_key: batch key of the (B, H, W, 1) pixel mask, 1 = region to edit.
         baseline_config: optional config of a trained `TamingTransformer` (with its ckpt_path) whose
             Taming* edit `log_images` shows next to iLAT's; not part of this model's weights.
+    cond_stage_key defaults to "sketch". `pkeep` (Taming's input corruption) must stay 1: the LA
+    training does not use it.
 
     forward(x (B, C, H, W), c (B, C_c, H_c, W_c), mask (B, 1, H, W), extra=None)
         -> (logits (B, L, V), target (B, L), loss_weight (B, L) float)
@@ -57,34 +59,30 @@ class ILATTransformer(TamingTransformer):
 
     token_batch_key = "z_indices"
 
-    def __init__(self, transformer_config, first_stage_config, cond_stage_config, permuter_config=None,
-                 ckpt_path: Optional[str] = None, ignore_keys: Sequence[str] = (), first_stage_key: str = "image",
-                 cond_stage_key: str = "sketch", mask_key: str = "mask", layout: str = "start",
-                 lm_rate: float = 0.0, downsample_cond_size: int = -1, sos_token: int = 0,
-                 learning_rate: Optional[float] = None, weight_decay: float = 0.01,
-                 betas: Tuple[float, float] = (0.9, 0.95), warmup_steps: int = 0,
-                 decay_steps: Union[int, str, None] = None, baseline_config=None,
-                 pos_emb_init: Optional[str] = None, aligned_condition: bool = False,
-                 aligned_kernel: int = 1, condition_tokens: bool = True):
+    def __init__(self, *args, layout: str = "start", lm_rate: float = 0.0, baseline_config=None, **kwargs):
         if layout not in LA_LAYOUTS:
             raise ValueError(f"layout must be one of {LA_LAYOUTS}, got {layout!r}")
         if not 0.0 <= float(lm_rate) <= 1.0:
             raise ValueError(f"lm_rate must be in [0, 1], got {lm_rate}")
+        if kwargs.get("pkeep", 1.0) != 1.0:
+            raise ValueError(f"pkeep {kwargs['pkeep']!r}: iLAT's LA training does not corrupt its inputs; "
+                             "pkeep must be 1.0")
+        kwargs.setdefault("cond_stage_key", "sketch")
         self._layout = layout
-        super().__init__(transformer_config, first_stage_config, cond_stage_config, permuter_config=permuter_config,
-                         ckpt_path=None, first_stage_key=first_stage_key, cond_stage_key=cond_stage_key,
-                         downsample_cond_size=downsample_cond_size, sos_token=sos_token,
-                         learning_rate=learning_rate, weight_decay=weight_decay, betas=betas, mask_key=mask_key,
-                         warmup_steps=warmup_steps, decay_steps=decay_steps, pos_emb_init=pos_emb_init,
-                         aligned_condition=aligned_condition, aligned_kernel=aligned_kernel,
-                         condition_tokens=condition_tokens)
         self.lm_rate = float(lm_rate)
+        self._baseline_config = baseline_config
+        self._baseline = []  # a plain list: the baseline is not a submodule and not in this model's weights
+        super().__init__(*args, **kwargs)
+
+    def build_modules(self) -> None:
+        """iLAT's start tokens and condition embedding (the "start" layout), then the baseline."""
+        super().build_modules()
         n_embd = self.transformer.n_embd
         n_codes = self.first_stage_model.quantize.n_e
         if self.transformer.vocab_size < n_codes:
             raise ValueError(f"transformer vocab_size {self.transformer.vocab_size} is smaller than the first "
                              f"stage's codebook ({n_codes} codes)")
-        if layout == "start":
+        if self.layout == "start":
             # condition codes + c_s (index n_cond_codes); the unconditional model has c_s only
             self.n_cond_codes = 0 if self.be_unconditional else int(self.cond_stage_model.quantize.n_e)
             self.cond_emb = nn.Embedding(self.n_cond_codes + 1, n_embd)
@@ -93,11 +91,8 @@ class ILATTransformer(TamingTransformer):
             nn.init.normal_(self.z_start, std=0.02)
         elif self.be_unconditional:
             raise ValueError("the taming layout needs a condition; use layout 'start' for unconditional editing")
-        self._baseline = []  # a plain list: the baseline is not a submodule and not in this model's weights
-        if baseline_config is not None:
-            self._baseline.append(freeze(instantiate_from_config(baseline_config)))
-        if ckpt_path is not None:
-            self.init_from_ckpt(ckpt_path, ignore_keys=ignore_keys)
+        if self._baseline_config is not None:
+            self._baseline.append(freeze(instantiate_from_config(self._baseline_config)))
 
     @property
     def layout(self) -> str:
@@ -110,17 +105,14 @@ class ILATTransformer(TamingTransformer):
         return super().encode_to_c(c)
 
     def sequence_inputs(self, c_indices: torch.Tensor, extra: Optional[torch.Tensor] = None):
-        """-> (embeddings, prefix, n_cond). "start": embeddings [c_s, c_1..c_N, extra, z_s], no prefix;
-        with `condition_tokens: false` [c_s, extra, z_s] (the condition enters through
-        `position_features` alone)."""
+        """-> (embeddings, prefix, n_cond). "start": embeddings [c_s, c_1..c_N, extra, z_s], no prefix."""
         if self.layout == "taming":
             if extra is not None:
                 raise ValueError("extra condition features need the 'start' layout")
             return super().sequence_inputs(c_indices)
         B = c_indices.shape[0]
         c_s = torch.full((B, 1), self.n_cond_codes, dtype=torch.long, device=c_indices.device)
-        tokens = torch.cat([c_s, c_indices], dim=1) if self.condition_tokens else c_s
-        parts = [self.cond_emb(tokens)]                                                # (B, 1 [+ N], C)
+        parts = [self.cond_emb(torch.cat([c_s, c_indices], dim=1))]                                                # (B, 1 [+ N], C)
         if extra is not None:
             if extra.dim() != 3 or extra.shape[0] != B or extra.shape[2] != self.transformer.n_embd:
                 raise ValueError(f"extra condition features of shape {tuple(extra.shape)} must be "

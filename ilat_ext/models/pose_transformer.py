@@ -22,31 +22,24 @@ stage.
 Options of ours put the poses on the token grid, at the row that predicts each cell (off by
 default): `pose_map` (the target skeleton around the cell, `limb_map`), `warp_reference` (the
 condition frame with its limbs moved to the target pose pixel by pixel, `warp_image`; with
-`aligned_condition` the row predicting cell j sees the moved limb at j) and `warped_condition`
-(the same move on tokens, `limb_warp`). The toy configs use `pose_map` and `warp_reference`.
+`aligned_condition` the row predicting cell j sees the moved limb at j), validated together as
+`ilat_ext.models.options.PoseOptions`. The toy configs use `pose_map` and `warp_reference`.
 """
-from typing import Any, Dict, Mapping, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Mapping, Optional, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
-from ilat_ext.models.cond_transformer import EditResult, position_codes, stage_grid
+from ilat_ext.models.cond_transformer import EditResult
 from ilat_ext.models.ilat_transformer import ILATTransformer
+from ilat_ext.models.options import PoseOptions
+from ilat_ext.models.stages import stage_grid
+from ilat_ext.modules.position_codes import position_codes
 from ilat_ext.modules.pointmlp import PointMLP
 from ilat_ext.pose_geometry import (  # noqa: F401  (limb_warp: importable here as before)
     LIMBS, NUM_JOINTS, check_pose, limb_map, limb_warp, normalise_pose, pair_mask, warp_image,
 )
-
-
-class PoseCondition(NamedTuple):
-    """`pose_features`' output with `warped_condition`: the features (B, 13 + L, n_embd) as without
-    it, and the warp of `limb_warp` (source (B, L) long, weight (B, L)). The reference tokens are
-    gathered where the condition tokens are known (`position_features`), so the condition frame is
-    encoded once, by the step or the edit that needs it anyway."""
-    features: torch.Tensor
-    source: torch.Tensor
-    weight: torch.Tensor
 
 
 class PoseILATTransformer(ILATTransformer):
@@ -57,43 +50,11 @@ class PoseILATTransformer(ILATTransformer):
         pointmlp_hidden: hidden widths of the PointMLP (the release: 64, 256).
         joint_embedding: add a learned per-joint embedding to the PointMLP features.
         mask_kwargs: `ilat_ext.pose_geometry.pose_mask` options for masks built by `synthesize`.
-        joint_position_codes: add to each landmark's features the fixed 2D sinusoidal code of where
-            it is (`cond_transformer.position_codes`, the code `pos_emb_init: grid` starts the grid
-            cells there with), so "which cells does this limb cross" is a match of codes from the
-            first step instead of a map the PointMLP must learn (an addition of ours; the paper
-            feeds the coordinates through the MLP only).
-        pose_map: also give the row that predicts grid cell j the target skeleton around cell j: the
-            `limb_map` of the target pose on the token grid (one channel per limb) through a 3 x 3
-            convolution (zero at the start) into transformer-width features, added there as
-            `aligned_condition` adds the condition token. Which cells a limb crosses is then read
-            off the row itself instead of being inferred from 13 landmark features by attention
-            (an addition of ours, off by default; the paper has the PointMLP only). The model's
-            extra condition features are then the 13 landmark features followed by the L map
-            features (`pose_features`); only the 13 enter the sequence.
-        warped_condition: also give the row that predicts grid cell j the reference frame's token
-            where the limb nearest j lies in the reference pose (`limb_warp`: each limb's cells are
-            carried from the target pose back to the reference pose), through an embedding of its
-            own (zero at the start), scaled by how close j is to that limb and added with the map
-            features. `aligned_condition` gives the reference token at j itself, which is the
-            person only where the person hardly moves (the torso, legs that stay put); a raised arm
-            lands where the reference shows background, and its colour had to be found among 256
-            condition tokens by attention, which the toy runs did not learn (arm error 0.26
-            against 0.17 for the ground-truth codes). Needs the reference pose (`ref_pose_key`)
-            and a condition on the image-token grid; `pose_features` then returns a `PoseCondition`.
-            An addition of ours, off by default.
-        warp_reference: condition on the reference frame with its limbs already moved to the target
-            pose (`warp_image`: each pixel near a target limb takes the reference pixel at the same
-            place along, beside and beyond that limb in the reference pose), instead of the frame as
-            it is. With `aligned_condition` the row predicting cell j then sees the token of the
-            moved limb at j, drawn at the target limb's angle. The warp is a function of the image
-            and both poses only, applied alike in training (`get_xc`), `edit_inputs` and
-            `synthesize`; the model's input format is unchanged. Needs the reference pose
-            (`ref_pose_key`); excludes `warped_condition`, which gathers from the unwarped tokens.
-            An addition of ours, off by default.
-        warp_reach: how far beside a limb pixels move with it, in token cells (x the first stage's
-            downsampling = pixels: 4 px on the toy's 64 px frames with 16 x 16 tokens).
-        ref_pose_key: batch entry of the reference (condition frame) pose for `warped_condition`
-            and `warp_reference`.
+        ref_pose_key: batch entry of the reference (condition frame) pose, for `warp_reference`.
+        joint_position_codes, pose_map, warp_reference, warp_reach: options of ours, off by default
+            (`ilat_ext.models.options.PoseOptions`; docs/options.md).
+    Every other keyword is `ILATTransformer`'s (and `TamingTransformer`'s), passed up as given;
+    the layout is always "start".
 
     Defaults follow the pose task: first_stage_key "image" (the target frame), cond_stage_key
     "cond_image" (the condition frame).
@@ -101,66 +62,35 @@ class PoseILATTransformer(ILATTransformer):
 
     n_extra_positions = NUM_JOINTS  # the PointMLP features sit between the condition and the grid
 
-    def __init__(self, transformer_config, first_stage_config, cond_stage_config, permuter_config=None,
-                 ckpt_path: Optional[str] = None, ignore_keys: Sequence[str] = (), first_stage_key: str = "image",
-                 cond_stage_key: str = "cond_image", mask_key: str = "mask", pose_key: str = "pose",
-                 lm_rate: float = 0.0, pointmlp_hidden: Sequence[int] = (64, 256), joint_embedding: bool = True,
-                 mask_kwargs: Optional[Mapping[str, Any]] = None, downsample_cond_size: int = -1,
-                 sos_token: int = 0, learning_rate: Optional[float] = None, weight_decay: float = 0.01,
-                 betas: Tuple[float, float] = (0.9, 0.95), warmup_steps: int = 0,
-                 decay_steps: Union[int, str, None] = None, baseline_config=None, pos_emb_init: Optional[str] = None,
-                 joint_position_codes: bool = False, aligned_condition: bool = False,
-                 aligned_kernel: int = 1, pose_map: bool = False, warped_condition: bool = False,
-                 warp_reference: bool = False, warp_reach: float = 1.0, ref_pose_key: str = "cond_pose"):
-        super().__init__(transformer_config, first_stage_config, cond_stage_config, permuter_config=permuter_config,
-                         ckpt_path=None, first_stage_key=first_stage_key, cond_stage_key=cond_stage_key,
-                         mask_key=mask_key, layout="start", lm_rate=lm_rate,
-                         downsample_cond_size=downsample_cond_size, sos_token=sos_token,
-                         learning_rate=learning_rate, weight_decay=weight_decay, betas=betas,
-                         warmup_steps=warmup_steps, decay_steps=decay_steps, baseline_config=baseline_config,
-                         pos_emb_init=pos_emb_init, aligned_condition=aligned_condition, aligned_kernel=aligned_kernel)
-        self.pose_key = pose_key
+    def __init__(self, *args, pose_key: str = "pose", pointmlp_hidden: Sequence[int] = (64, 256),
+                 joint_embedding: bool = True, mask_kwargs: Optional[Mapping[str, Any]] = None,
+                 ref_pose_key: str = "cond_pose", joint_position_codes: bool = False, pose_map: bool = False,
+                 warp_reference: bool = False, warp_reach: float = 1.0, **kwargs):
+        if kwargs.setdefault("layout", "start") != "start":
+            raise ValueError(f"the pose model uses the 'start' layout, got layout {kwargs['layout']!r}")
+        kwargs.setdefault("cond_stage_key", "cond_image")
+        self.pose_options = PoseOptions(joint_position_codes, pose_map, warp_reference, warp_reach)
+        self.pose_key, self.ref_pose_key = pose_key, ref_pose_key
         self.mask_kwargs = dict(mask_kwargs or {})
-        self.point_mlp = PointMLP(self.transformer.n_embd, NUM_JOINTS, 3, pointmlp_hidden, joint_embedding)
-        if not isinstance(joint_position_codes, bool):
-            raise ValueError(f"joint_position_codes must be true or false, got {joint_position_codes!r}")
-        self.joint_position_codes = joint_position_codes
-        if not isinstance(pose_map, bool):
-            raise ValueError(f"pose_map must be true or false, got {pose_map!r}")
+        self._pointmlp_args = (tuple(pointmlp_hidden), joint_embedding)
+        super().__init__(*args, **kwargs)
+
+    def build_modules(self) -> None:
+        """The PointMLP and, with `pose_map`, the map's convolution (zero at the start)."""
+        super().build_modules()
+        options = self.pose_options
+        self.point_mlp = PointMLP(self.transformer.n_embd, NUM_JOINTS, 3, *self._pointmlp_args)
+        self.joint_position_codes = options.joint_position_codes
         self.pose_grid = stage_grid(self.first_stage_model)
         self.pose_map_conv = None
-        if pose_map:
+        if options.pose_map:
             if self.pose_grid is None:
                 raise ValueError("pose_map needs a first stage with a known token grid")
             self.pose_map_conv = nn.Conv2d(len(LIMBS), self.transformer.n_embd, 3, padding=1)
             nn.init.zeros_(self.pose_map_conv.weight)
             nn.init.zeros_(self.pose_map_conv.bias)
-        if not isinstance(warped_condition, bool):
-            raise ValueError(f"warped_condition must be true or false, got {warped_condition!r}")
-        self.ref_pose_key = ref_pose_key
-        self.warp_emb = None
-        if warped_condition:
-            cond = stage_grid(self.cond_stage_model, self.downsample_cond_size)
-            if self.pose_grid is None or cond != self.pose_grid:
-                raise ValueError(f"warped_condition needs the condition tokens on the image-token grid; the "
-                                 f"condition stage gives {cond}, the first stage {self.pose_grid}")
-            self.warp_emb = nn.Embedding(self.n_cond_codes, self.transformer.n_embd)
-            nn.init.zeros_(self.warp_emb.weight)
-        if not isinstance(warp_reference, bool):
-            raise ValueError(f"warp_reference must be true or false, got {warp_reference!r}")
-        if warp_reference and warped_condition:
-            raise ValueError("warp_reference and warped_condition exclude each other: warped_condition gathers "
-                             "reference tokens from the unwarped frame; choose one")
-        if isinstance(warp_reach, bool) or not isinstance(warp_reach, (int, float)) or not warp_reach > 0:
-            raise ValueError(f"warp_reach must be a positive number of token cells, got {warp_reach!r}")
-        self.warp_reference = warp_reference
-        self.warp_reach = float(warp_reach)
-        if ckpt_path is not None:
-            self.init_from_ckpt(ckpt_path, ignore_keys=ignore_keys)
-
-    @property
-    def _has_grid_features(self) -> bool:
-        return self.pose_map_conv is not None or self.warp_emb is not None
+        self.warp_reference = options.warp_reference
+        self.warp_reach = float(options.warp_reach)
 
     # ------------------------------------------------------------------ condition
     def _batch_pose(self, batch, key: str, why: str):
@@ -169,12 +99,9 @@ class PoseILATTransformer(ILATTransformer):
         return batch[key]
 
     def condition_features(self, batch):
-        """`pose_features` of batch[pose_key] (with `warped_condition`, and of batch[ref_pose_key])."""
-        pose = self._batch_pose(batch, self.pose_key, "the pose model needs the normalised target pose")
-        if self.warp_emb is None:
-            return self.pose_features(pose)
-        return self.pose_features(pose, self._batch_pose(
-            batch, self.ref_pose_key, "warped_condition needs the normalised reference pose"))
+        """`pose_features` of batch[pose_key]."""
+        return self.pose_features(self._batch_pose(batch, self.pose_key, "the pose model needs the normalised "
+                                                                          "target pose"))
 
     def condition_image(self, reference: torch.Tensor, pose, ref_pose) -> torch.Tensor:
         """The condition frame the model reads: `reference` (B, 3, H, W) itself, or with
@@ -199,11 +126,9 @@ class PoseILATTransformer(ILATTransformer):
         x, c = super().get_xc(batch, N)
         return x, self._batch_condition_image(batch, c)
 
-    def pose_features(self, pose, ref_pose=None):
-        """pose (B, 13, 3) normalised [x/W, y/H, visibility] -> (B, 13, n_embd); with `pose_map` or
-        `warped_condition`, (B, 13 + L, n_embd): the landmark features, then the map features of the
-        L grid cells (zero without `pose_map`). `warped_condition` needs ref_pose (B, 13, 3),
-        normalised as pose, and returns a `PoseCondition`: those features and the warp."""
+    def pose_features(self, pose):
+        """pose (B, 13, 3) normalised [x/W, y/H, visibility] -> (B, 13, n_embd); with `pose_map`,
+        (B, 13 + L, n_embd): the landmark features, then the map features of the L grid cells."""
         pose = torch.as_tensor(pose, dtype=torch.float32, device=self.device)
         features = self.point_mlp(pose)
         if self.joint_position_codes:
@@ -212,39 +137,22 @@ class PoseILATTransformer(ILATTransformer):
             cells = max(stage_grid(self.first_stage_model))
             codes = position_codes(pose[..., 1], pose[..., 0], features.shape[-1], cells)
             features = features + codes.to(features) * (pose[..., 2:3] > 0)
-        if not self._has_grid_features:
+        if self.pose_map_conv is None:
             return features
         h, w = self.pose_grid
         grid = features.new_zeros(features.shape[0], h * w, features.shape[-1])
-        if self.pose_map_conv is not None:
-            grid = grid + self.pose_map_conv(limb_map(pose, h, w)).flatten(2).transpose(1, 2).to(features)
-        features = torch.cat([features, grid], dim=1)
-        if self.warp_emb is None:
-            return features
-        if ref_pose is None:
-            raise ValueError("warped_condition needs the reference pose: pose_features(pose, ref_pose)")
-        ref_pose = torch.as_tensor(ref_pose, dtype=torch.float32, device=self.device)
-        return PoseCondition(features, *limb_warp(pose, ref_pose, h, w))
+        grid = grid + self.pose_map_conv(limb_map(pose, h, w)).flatten(2).transpose(1, 2).to(features)
+        return torch.cat([features, grid], dim=1)
 
     def _split_extra(self, extra):
-        """extra -> (the 13 landmark features for the sequence, the grid features or None, the
-        warp (source, weight) or None)."""
-        if self.warp_emb is not None:
-            if extra is None:
-                return None, None, None
-            if not isinstance(extra, PoseCondition):
-                raise ValueError(f"with warped_condition the extra condition is pose_features(pose, ref_pose)'s "
-                                 f"PoseCondition, got {type(extra).__name__}")
-            extra, warp = extra.features, (extra.source, extra.weight)
-        else:
-            warp = None
-        if extra is None or not self._has_grid_features:
-            return extra, None, warp
+        """extra -> (the 13 landmark features for the sequence, the grid features or None)."""
+        if extra is None or self.pose_map_conv is None:
+            return extra, None
         n_grid = self.pose_grid[0] * self.pose_grid[1]
         if extra.dim() != 3 or extra.shape[1] != NUM_JOINTS + n_grid:
-            raise ValueError(f"with pose_map or warped_condition the extra features must be (B, {NUM_JOINTS} + "
-                             f"{n_grid}, n_embd) (pose_features' output), got {tuple(extra.shape)}")
-        return extra[:, :NUM_JOINTS], extra[:, NUM_JOINTS:], warp
+            raise ValueError(f"with pose_map the extra features must be (B, {NUM_JOINTS} + {n_grid}, n_embd) "
+                             f"(pose_features' output), got {tuple(extra.shape)}")
+        return extra[:, :NUM_JOINTS], extra[:, NUM_JOINTS:]
 
     def sequence_inputs(self, c_indices: torch.Tensor, extra: Optional[torch.Tensor] = None):
         """`ILATTransformer.sequence_inputs` with the 13 landmark features as the extra positions."""
@@ -253,20 +161,13 @@ class PoseILATTransformer(ILATTransformer):
     def position_features(self, c_idx: torch.Tensor, n_pre: int, n_grid: int,
                           extra: Optional[torch.Tensor] = None) -> Optional[torch.Tensor]:
         """The aligned condition (if any) plus, at the position that predicts cell j (n_pre - 1 + j),
-        the grid features of cell j: the map's, and with `warped_condition` weight_j *
-        warp_emb(c_idx[source_j]), the condition token where j's limb lies in the reference pose."""
+        the pose map's features of cell j."""
         features = super().position_features(c_idx, n_pre, n_grid, extra)
-        _, grid, warp = self._split_extra(extra)
+        _, grid = self._split_extra(extra)
         if grid is None:
             return features
         if grid.shape[1] != n_grid:
             raise ValueError(f"grid features for {grid.shape[1]} cells, the sequence has {n_grid}")
-        if warp is not None:
-            source, weight = warp
-            if c_idx.shape != source.shape:
-                raise ValueError(f"warped_condition: condition tokens of shape {tuple(c_idx.shape)}, the warp "
-                                 f"needs {tuple(source.shape)} (one per grid cell)")
-            grid = grid + (self.warp_emb(c_idx.long().gather(1, source)) * weight[..., None]).to(grid)
         grid = torch.nn.functional.pad(grid, (0, 0, n_pre - 1, 0))
         return grid if features is None else features + grid.to(features)
 
@@ -305,7 +206,7 @@ class PoseILATTransformer(ILATTransformer):
         if mask is None:
             mask = self.masks_for(ref_pose_px, target_pose_px, *reference.shape[2:])
         reference = reference.to(self.device)
-        extra = self.pose_features(pose, ref) if self.warp_emb is not None else self.pose_features(pose)
+        extra = self.pose_features(pose)
         edit = self.sample_local if mode == "local" else self.sample_edit
         return edit(reference, mask, self.condition_image(reference, pose, ref), extra, **sampling)
 

@@ -81,7 +81,7 @@ class TSVQModel(VQModel):
             return None
         if self.mask_key not in batch:
             raise KeyError(f"use_masks is on but the batch has no '{self.mask_key}' entry "
-                           f"(keys: {sorted(batch)}); wrap the dataset in ilat_ext.data.masked.MaskedDataset")
+                           f"(keys: {sorted(batch)}); wrap the dataset in ilat_ext.data.mask_sources.MaskedDataset")
         mask = self.get_input(batch, self.mask_key)
         return check_pixel_mask(mask, x)
 
