@@ -44,7 +44,7 @@ _VIDEO_STREAM, _POSE_STREAM, _PAIR_STREAM, _BACKGROUND_STREAM = 0, 1, 2, 3
 BACKGROUNDS = ("stripes", "gradient", "checker", "blotches", "patches")
 # The default scenes: smooth backgrounds and large flat shapes. A 16 x 16-token autoencoder trained
 # for a few hundred CPU steps reconstructs these; with sharp stripes and checkers it stays near the
-# mean colour (validation L1 0.34 against 0.28 for the mean colour), and the figure is lost with it.
+# mean colour, and the figure is lost with it (docs/results.md, first-stage choices).
 SMOOTH_BACKGROUNDS = ("gradient", "blotches", "patches")
 _SS = 4  # supersampling factor of the figure
 

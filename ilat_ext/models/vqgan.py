@@ -135,7 +135,7 @@ class VQModel(CheckpointMixin, _UpstreamVQModel):
 
         Upstream initialises the codebook uniformly in (-1/n, 1/n), far from where the encoder's
         outputs lie, so early on every position picks one of a few codes and most codes never
-        move (on the toy faces 13 of 256 codes are in use after 200 steps). Starting from the
+        move (docs/results.md, first-stage choices). Starting from the
         encoder's own outputs puts every code where positions can choose it. Under DDP rank 0's
         codebook is broadcast so that all ranks agree."""
         if features is None:
