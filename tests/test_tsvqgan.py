@@ -85,8 +85,11 @@ def test_without_mask_equals_upstream_vqmodel():
 
 
 def test_public_imagenet_checkpoint_loads_into_tsvqmodel(tmp_path, fake_weights):
+    """The public ImageNet f16-1024 layout loads with no missing key, and on its weights an all-zero
+    mask gives upstream's numbers (float64): every position quantised to upstream's codes and
+    indices, Eq. 4 with nothing masked (upstream's continuous features everywhere), the decoder."""
     path = tmp_path / "last.ckpt"
-    public_imagenet_checkpoint(path, fake_weights)
+    upstream = public_imagenet_checkpoint(path, fake_weights)
     model = TSVQModel(IMAGENET_F16, {"target": "ilat_ext.modules.losses.VQLPIPSWithDiscriminator",
                                      "params": {"disc_start": 0, "disc_num_layers": 2, "perceptual_weight": 0.0}},
                       n_embed=1024, embed_dim=256, ckpt_path=str(path))
@@ -94,6 +97,19 @@ def test_public_imagenet_checkpoint_loads_into_tsvqmodel(tmp_path, fake_weights)
     assert report.missing == []
     assert all(k.startswith("loss.perceptual_loss.") for k in report.unexpected)  # perceptual term off here
     assert not [k for k in report.unexpected if k.split(".")[0] in ("encoder", "decoder", "quantize")]
+
+    ours, upstream = model.eval().double(), upstream.double()
+    x = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 2 - 1
+    empty = torch.zeros(1, 1, 64, 64, dtype=torch.float64)
+    close = dict(rtol=0, atol=1e-9)
+    with torch.no_grad():
+        h_up = upstream.quant_conv(upstream.encoder(x))                               # (1, 256, 4, 4)
+        quant_up, _, (_, _, idx_up) = upstream.quantize(h_up)                         # upstream's encode
+        quant, _, (_, _, idx) = ours.encode_quantized(x, empty)
+        assert torch.equal(idx, idx_up) and idx.unique().numel() > 1
+        torch.testing.assert_close(quant, quant_up, **close)
+        torch.testing.assert_close(ours.encode(x, empty)[0], h_up, **close)           # Eq. 4: nothing masked
+        torch.testing.assert_close(ours.decode(quant_up), upstream.decode(quant_up), **close)
 
 
 def test_bad_inputs_name_the_shapes():
@@ -123,8 +139,7 @@ def test_toy_configs_train_through_main(tmp_path, monkeypatch, name):
     overview = glob.glob(os.path.join(run, "images", "val", "overview_*.png"))
     assert overview, "validation images were written"
     if name == "tsvqgan":  # the evaluation script reads the run back through the safe loader
-        import runpy
-        evaluate = runpy.run_path(os.path.join(REPO, "scripts", "eval_tsvqgan.py"))["main"]
+        from ilat_ext.cli.eval_tsvqgan import run as evaluate   # scripts/eval_tsvqgan.py's command
         results = evaluate([run, "--num", "4", "--out", str(tmp_path / "eval")])
         assert all(np.isfinite(v) for v in results.values())
         assert os.path.isfile(tmp_path / "eval" / "input_mask_eq4_quantized.png")

@@ -151,14 +151,19 @@ def test_kmeans_finds_separated_clusters_and_restarts_empty_centres():
 
 
 class CodebookProbe(Callback):
-    """The codebook and whether the quantiser was warming up, before every training batch."""
+    """The codebook and whether the quantiser was warming up, before every training batch; the
+    buffered warm-up features after every batch (callbacks run before the module's own
+    on_train_batch_end, which sets the codebook from them and empties the buffer)."""
 
     def __init__(self):
-        self.codebooks, self.warming = [], []
+        self.codebooks, self.warming, self.buffers = [], [], []
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         self.codebooks.append(pl_module.quantize.embedding.weight.detach().clone())
         self.warming.append(pl_module.quantizer_warming_up())
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.buffers.append([f.clone() for f in pl_module._feature_buffer])
 
 
 def test_quantizer_warmup_then_kmeans_codebook(tmp_path):
@@ -176,6 +181,13 @@ def test_quantizer_warmup_then_kmeans_codebook(tmp_path):
     assert probe.warming == [True, True, True, False, False]
     assert all(torch.equal(c, init) for c in probe.codebooks[:3])       # untouched through the warm-up
     assert not torch.equal(probe.codebooks[3], init)                      # set when the warm-up ends
+    # ... to exactly `kmeans` of the features the warm-up buffered (its last batches, here all three)
+    assert [len(b) for b in probe.buffers[:3]] == [1, 2, 3]
+    buffered = probe.buffers[2]
+    assert all(f.shape == (2 * 16 * 16, 8) for f in buffered)                # batch 2, 16 x 16 latents
+    want = kmeans(torch.cat(buffered).float(), 32, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(probe.codebooks[3], want, rtol=0, atol=0)
+    assert probe.buffers[3] == [] and probe.buffers[4] == []               # quantising: nothing buffered
     assert not torch.equal(probe.codebooks[4], probe.codebooks[3])        # then trained
     assert not model._codebook_pending and model._feature_buffer == []
     x = torch.stack([torch.from_numpy(ToyFaces(size=32, length=8, mask=False)[i]["image"]).permute(2, 0, 1)
