@@ -4,6 +4,7 @@ Ports of upstream taming's `SetupCallback` and `ImageLogger` (same constructor a
 upstream configs that name `main.ImageLogger` keep working) onto Lightning 2 hooks:
 `on_pretrain_routine_start` is gone (never called in 2.x), and batch hooks lost `dataloader_idx`.
 """
+import logging
 import os
 import signal
 from typing import Dict, Mapping, Tuple
@@ -17,6 +18,8 @@ from PIL import Image
 from pytorch_lightning.callbacks import Callback
 from pytorch_lightning.utilities import rank_zero_only
 from pytorch_lightning.utilities.model_helpers import is_overridden
+
+logger = logging.getLogger(__name__)
 
 
 class SetupCallback(Callback):
@@ -45,8 +48,8 @@ class SetupCallback(Callback):
         lightning = os.path.join(self.cfgdir, f"{self.now}-lightning.yaml")
         OmegaConf.save(self.config, project)
         OmegaConf.save(OmegaConf.create({"lightning": self.lightning_config}), lightning)
-        print(f"Project config saved to {project}")
-        print(f"Lightning config saved to {lightning}")
+        logger.info("Project config saved to %s", project)
+        logger.info("Lightning config saved to %s", lightning)
 
 
 def to_uint8_grid(images: torch.Tensor, nrow: int) -> np.ndarray:
@@ -224,7 +227,7 @@ class SignalCheckpoint(Callback):
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
         if trainer.global_step > 0:
-            print(f"{type(exception).__name__} during fit: saving {self.ckpt_path}")
+            logger.warning("%s during fit: saving %s", type(exception).__name__, self.ckpt_path)
             trainer.save_checkpoint(self.ckpt_path, weights_only=False)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
@@ -233,5 +236,5 @@ class SignalCheckpoint(Callback):
             requested = trainer.strategy.reduce_boolean_decision(requested, all=False)
         if requested:
             self._requested = False
-            print(f"Signal received: saving {self.ckpt_path}")
+            logger.warning("Signal received: saving %s", self.ckpt_path)
             trainer.save_checkpoint(self.ckpt_path, weights_only=False)

@@ -33,7 +33,7 @@ from ilat_ext import checkpoint as ckpt_io
 from ilat_ext.callbacks import ImageLogger, SetupCallback, SignalCheckpoint
 from ilat_ext.data.datamodule import DataModuleFromConfig, WrappedDataset
 from ilat_ext.runs import resolve_run
-from ilat_ext.util import get_obj_from_str, instantiate_from_config
+from ilat_ext.util import get_obj_from_str, instantiate_from_config, log_to_stdout
 
 __all__ = ["main", "get_parser", "instantiate_from_config", "get_obj_from_str", "DataModuleFromConfig",
            "WrappedDataset", "SetupCallback", "ImageLogger", "LearningRateMonitor", "parse_gpus"]
@@ -239,7 +239,13 @@ def _explicit_flag_values(parser: argparse.ArgumentParser, argv: List[str]) -> L
 
 
 def main(argv: Optional[Sequence[str]] = None) -> Trainer:
-    """Run the command line; returns the Trainer (useful in tests)."""
+    """Run the command line; returns the Trainer (useful in tests). The library's log lines
+    (config files saved, checkpoint reports, signals) are printed while it runs."""
+    with log_to_stdout():
+        return _main(argv)
+
+
+def _main(argv: Optional[Sequence[str]]) -> Trainer:
     parser = get_parser()
     argv = _explicit_flag_values(parser, list(sys.argv[1:] if argv is None else argv))
     opt, unknown = parser.parse_known_args(argv)

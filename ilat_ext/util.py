@@ -6,8 +6,10 @@ the library never imports the top-level `main` module, targets that upstream con
 paths of two alias tables resolve to their new homes: `UPSTREAM_TARGET_ALIASES` (taming classes
 replaced by drop-ins) and `RENAMED_TARGETS` (our own classes that moved, named by saved runs).
 """
+import contextlib
 import importlib
 import logging
+import sys
 from typing import Any, Mapping
 
 logger = logging.getLogger(__name__)
@@ -86,3 +88,36 @@ def instantiate_from_config(config: Mapping) -> Any:
         raise KeyError(f"expected a mapping with a 'target' key to instantiate, got {config!r}")
     params = config.get("params", None) or {}
     return get_obj_from_str(config["target"])(**params)
+
+
+class _StdoutHandler(logging.StreamHandler):
+    """A handler that writes to whatever `sys.stdout` is at the time (so captured output, e.g.
+    pytest's, sees it)."""
+
+    def __init__(self):
+        super().__init__(sys.stdout)
+
+    @property
+    def stream(self):
+        return sys.stdout
+
+    @stream.setter
+    def stream(self, value):
+        pass
+
+
+@contextlib.contextmanager
+def log_to_stdout(level: int = logging.INFO):
+    """For the command line: while inside, the library's log records (logger "ilat_ext") are
+    printed as plain lines on stdout. Library code only logs; the entry points wrap their work in
+    this. The logger's handlers and level are restored on exit."""
+    root = logging.getLogger("ilat_ext")
+    handler, previous = _StdoutHandler(), root.level
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    root.addHandler(handler)
+    root.setLevel(level)
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(previous)
