@@ -28,8 +28,9 @@ POS_EMB_INITS = (None, "grid")
 
 # option -> (the value that means what the model does today, why it went)
 REMOVED_OPTIONS = {
-    "condition_tokens": (True, "the condition tokens are always part of the sequence; `condition_tokens: false` "
-                               "(the condition through aligned_condition alone) lost to keeping them"),
+    "condition_tokens": (True, "the condition tokens are always part of the sequence, as in the paper; "
+                               "`condition_tokens: false` (the condition through aligned_condition alone) "
+                               "was not adopted"),
     "warped_condition": (False, "superseded by warp_reference (the condition frame warped to the target pose)"),
 }
 
