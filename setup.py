@@ -25,5 +25,21 @@ setup(
         "tensorboard",
     ],
     extras_require={"test": ["pytest>=7", "scikit-image>=0.19"]},  # scikit-image: the SSIM reference in tests
-    entry_points={"console_scripts": ["ilat-main=ilat_ext.main:main"]},
+    # scripts/<name>.py run the same commands from a checkout (python scripts/edit_face.py ...)
+    entry_points={"console_scripts": [
+        "ilat-main=ilat_ext.main:main",
+        "ilat-edit-face=ilat_ext.cli.edit_face:main",
+        "ilat-compare=ilat_ext.cli.compare:main",
+        "ilat-pose-guide=ilat_ext.cli.pose_guide:main",
+        "ilat-demo-faces=ilat_ext.cli.demo_faces:main",
+        "ilat-demo-poses=ilat_ext.cli.demo_poses:main",
+        "ilat-eval-tsvqgan=ilat_ext.cli.eval_tsvqgan:main",
+        "ilat-quantize-dataset=ilat_ext.cli.quantize_dataset:main",
+        "ilat-generate-masks=ilat_ext.cli.generate_masks:main",
+        "ilat-generate-xdog-sketch=ilat_ext.cli.generate_xdog_sketch:main",
+        "ilat-write-split-flists=ilat_ext.cli.write_split_flists:main",
+        "ilat-build-sdf=ilat_ext.cli.build_sdf:main",
+        "ilat-benchmark-encoder=ilat_ext.cli.benchmark_encoder:main",
+        "ilat-benchmark-sampling=ilat_ext.cli.benchmark_sampling:main",
+    ]},
 )

@@ -1,39 +1,7 @@
-"""Split an image folder into train / validation file lists (the release's flist format).
-
-    python scripts/write_split_flists.py --root data/ffhq/images1024x1024 --out_dir data \
-        --n_val 10000 --prefix ffhq_ [--seed 0 | --last]
-
-Writes <out_dir>/<prefix>train.flist and <prefix>val.flist, one path per line relative to the
-list. --last takes the last n_val images in sorted order (taming's FFHQ split) instead of a
-seeded random sample.
-"""
-import argparse
-import os
+"""`python scripts/write_split_flists.py ...` runs the `ilat-write-split-flists` command (`ilat_ext.cli.write_split_flists`)."""
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from ilat_ext.data.faces import write_split_flists  # noqa: E402
-
-
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--root", required=True, help="image folder (searched recursively)")
-    parser.add_argument("--out_dir", required=True, help="folder for the two lists")
-    parser.add_argument("--n_val", type=int, required=True, help="number of validation images")
-    parser.add_argument("--prefix", default="", help="list name prefix, e.g. ffhq_")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--last", action="store_true", help="validation = the last n_val sorted images")
-    args = parser.parse_args(argv)
-    try:
-        train, val = write_split_flists(args.root, args.out_dir, args.n_val, seed=args.seed, shuffle=not args.last,
-                                        prefix=args.prefix)
-    except (FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(f"wrote {train} and {val}")
-    return 0
-
+from ilat_ext.cli.write_split_flists import main
 
 if __name__ == "__main__":
     sys.exit(main())

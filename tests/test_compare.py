@@ -1,4 +1,5 @@
-"""ilat_ext.compare and scripts/compare.py on tiny untrained Taming / iLAT runs built through main.py."""
+"""ilat_ext.apps.compare and ilat-compare (scripts/compare.py) on tiny untrained Taming / iLAT runs built
+through main.py."""
 import csv
 import glob
 import math
@@ -10,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from ilat_ext.compare import Method, batch_inputs, compare, load_run_methods, parse_run_spec
+from ilat_ext.apps.compare import Method, batch_inputs, compare, load_run_methods, parse_run_spec
 from ilat_ext.data import ToyFaces
 from tests.helpers import REPO
 from tests.test_ilat_chain import train_toy_transformers

@@ -5,7 +5,7 @@ import os
 import pytest
 from PIL import Image
 
-from ilat_ext import demo
+from ilat_ext.apps import chain, demo_faces, demo_poses
 
 QUICK = ["lightning.trainer.limit_val_batches=1", "lightning.callbacks.image_logger.params.max_images=2"]
 
@@ -13,7 +13,7 @@ QUICK = ["lightning.trainer.limit_val_batches=1", "lightning.callbacks.image_log
 def test_face_demo_writes_edits_and_table(tmp_path):
     out = str(tmp_path / "demo")
     lines = []
-    rows = demo.run_face_demo(out, scale=0.01, n_edit=2, n_compare=2, train_overrides=QUICK, log=lines.append,
+    rows = demo_faces.run_face_demo(out, scale=0.01, n_edit=2, n_compare=2, train_overrides=QUICK, log=lines.append,
                               n_score=3)
     assert [r["method"] for r in rows] == ["Taming", "Taming*", "iLAT"]
     for r in rows:
@@ -25,12 +25,12 @@ def test_face_demo_writes_edits_and_table(tmp_path):
     with open(os.path.join(out, "edits.md")) as f:
         text = f.read()
     assert "| ceiling |" in text and "of 3 held-out faces (the grid shows the first 2)" in text
-    assert {s.name for s in demo.face_chain()} == {"sketch", "ts1", "ts2", "ilat", "taming"}
-    for stage in demo.face_chain(0.01):
-        assert demo.find_run(os.path.join(out, "logs"), stage.name), stage.name
+    assert {s.name for s in demo_faces.face_chain()} == {"sketch", "ts1", "ts2", "ilat", "taming"}
+    for stage in demo_faces.face_chain(0.01):
+        assert chain.find_run(os.path.join(out, "logs"), stage.name), stage.name
     # a second run reuses every stage
     again = []
-    demo.train_chain(demo.face_chain(0.01), os.path.join(out, "logs"), log=again.append)
+    chain.train_chain(demo_faces.face_chain(0.01), os.path.join(out, "logs"), log=again.append)
     assert len(again) == 5 and all("reusing" in line for line in again)
 
 
@@ -39,41 +39,41 @@ def test_train_chain_resumes_a_stopped_stage_and_retrains_what_was_trained_on_it
 
     logs = str(tmp_path / "logs")
     fast = ["data.params.train.params.length=64", "lightning.trainer.val_check_interval=1.0", *QUICK]
-    chain = lambda a_steps, b_lr="2e-4": [demo.Stage("a", TOY_VQGAN, a_steps),  # noqa: E731
-                                          demo.Stage("b", TOY_VQGAN, 2, ("model.params.ckpt_path={a}",
-                                                                        f"model.base_learning_rate={b_lr}"))]
+    stages = lambda a_steps, b_lr="2e-4": [chain.Stage("a", TOY_VQGAN, a_steps),  # noqa: E731
+                                           chain.Stage("b", TOY_VQGAN, 2, ("model.params.ckpt_path={a}",
+                                                                         f"model.base_learning_rate={b_lr}"))]
     with pytest.raises((SystemExit, KeyboardInterrupt)):  # Ctrl-C at step 2 of stage a's 4
-        demo.train_chain(chain(4), logs, extra=[*fast, "lightning.callbacks.stop.target=tests.helpers.InterruptAt",
-                                                "lightning.callbacks.stop.params.step=2"], log=print)
-    stopped = demo.find_run(logs, "a")
-    assert demo.run_steps(stopped) == 2 and demo.find_run(logs, "b") is None
+        chain.train_chain(stages(4), logs, extra=[*fast, "lightning.callbacks.stop.target=tests.helpers.InterruptAt",
+                                                 "lightning.callbacks.stop.params.step=2"], log=print)
+    stopped = chain.find_run(logs, "a")
+    assert chain.run_steps(stopped) == 2 and chain.find_run(logs, "b") is None
 
     lines = []
-    runs = demo.train_chain(chain(4), logs, extra=fast, log=lines.append)
+    runs = chain.train_chain(stages(4), logs, extra=fast, log=lines.append)
     assert lines[0] == f"[a] resuming {stopped} at step 2 of 4"
-    assert runs["a"] == stopped and demo.run_steps(stopped) == 4          # the same run, continued
+    assert runs["a"] == stopped and chain.run_steps(stopped) == 4          # the same run, continued
     assert len(os.listdir(os.path.join(stopped, "configs"))) == 4        # + the resumed run's pair
-    assert demo.saved_config(runs["b"]).model.params.ckpt_path == os.path.join(stopped, "checkpoints", "last.ckpt")
+    assert chain.saved_config(runs["b"]).model.params.ckpt_path == os.path.join(stopped, "checkpoints", "last.ckpt")
 
     lines = []
-    assert demo.train_chain(chain(4), logs, extra=fast, log=lines.append) == runs
+    assert chain.train_chain(stages(4), logs, extra=fast, log=lines.append) == runs
     assert [line.split(" ")[1] for line in lines] == ["reusing", "reusing"]
 
     lines = []  # b with another setting than it was trained with: retrained, a kept
-    changed = demo.train_chain(chain(4, b_lr="1e-4"), logs, extra=fast, log=lines.append)
+    changed = chain.train_chain(stages(4, b_lr="1e-4"), logs, extra=fast, log=lines.append)
     assert lines[1] == f"[b] not reusing {runs['b']}: it was trained with model.base_learning_rate=0.0002"
     assert changed["a"] == runs["a"] and changed["b"] != runs["b"]
 
     lines = []  # a longer stage a: trained anew (another schedule), so b is trained anew on it
-    again = demo.train_chain(chain(5, b_lr="1e-4"), logs, extra=fast, log=lines.append)
+    again = chain.train_chain(stages(5, b_lr="1e-4"), logs, extra=fast, log=lines.append)
     assert lines[0].startswith("[a] training") and lines[2].startswith("[b] training")
     assert again["a"] != runs["a"] and again["b"] != changed["b"]
-    assert demo.saved_config(again["b"]).model.params.ckpt_path == os.path.join(again["a"], "checkpoints", "last.ckpt")
+    assert chain.saved_config(again["b"]).model.params.ckpt_path == os.path.join(again["a"], "checkpoints", "last.ckpt")
 
 
 def test_new_stroke_batch_puts_other_strokes_in_the_mask():
-    x, mask, sketch, own_sketch = demo.new_stroke_batch(3, 64)
-    own = demo.new_stroke_batch(3, 64)[2]
+    x, mask, sketch, own_sketch = demo_faces.new_stroke_batch(3, 64)
+    own = demo_faces.new_stroke_batch(3, 64)[2]
     assert x.shape == (3, 3, 64, 64) and mask.shape == (3, 1, 64, 64) and sketch.shape == (3, 1, 64, 64)
     assert 0.05 < float(mask.mean()) < 0.3
     from ilat_ext.data import ToyFaces
@@ -94,7 +94,7 @@ def test_new_stroke_batch_puts_other_strokes_in_the_mask():
 def test_pose_demo_writes_poses_sequence_and_table(tmp_path):
     out = str(tmp_path / "demo_poses")
     lines = []
-    rows = demo.run_pose_demo(out, scale=0.01, n_show=2, n_compare=2, train_overrides=QUICK, log=lines.append)
+    rows = demo_poses.run_pose_demo(out, scale=0.01, n_show=2, n_compare=2, train_overrides=QUICK, log=lines.append)
     assert [r["method"] for r in rows] == ["Taming", "iLAT*", "iLAT"]
     for path in ("poses.png", "sequence/sequence.gif", "sequence/strip.png", "sequence/frame_000.png",
                  "comparison/metrics.md"):
@@ -112,17 +112,17 @@ def test_stroke_table_tells_a_face_that_follows_the_strokes_from_one_that_does_n
     from ilat_ext.data import ToyFaces
 
     n = 6
-    x, mask, sketch, own = demo.new_stroke_batch(n, 64)
+    x, mask, sketch, own = demo_faces.new_stroke_batch(n, 64)
     faces = ToyFaces(size=64, length=2 * n, split="test", mask=False, sketch=False)
     donors = torch.from_numpy(np.stack([faces.face(n + i) for i in range(n)]).astype(np.float32) / 127.5 - 1)
-    assert torch.equal(demo.donor_faces(n, 64), donors.permute(0, 3, 1, 2))   # the faces the strokes came from
-    rows = {r["method"]: r for r in demo.stroke_table({"input": x, "donor": demo.donor_faces(n, 64)},
+    assert torch.equal(demo_faces.donor_faces(n, 64), donors.permute(0, 3, 1, 2))   # the faces the strokes came from
+    rows = {r["method"]: r for r in demo_faces.stroke_table({"input": x, "donor": demo_faces.donor_faces(n, 64)},
                                                       mask, sketch, own)}
     assert rows["input"]["to_own_strokes"] < 0.5 * rows["input"]["to_new_strokes"]
     assert rows["input"]["closer_to_new"] == 0.0
     assert rows["donor"]["to_new_strokes"] < 0.5 * rows["donor"]["to_own_strokes"]
     assert rows["donor"]["closer_to_new"] == 1.0
-    assert "| donor |" in demo.stroke_markdown(list(rows.values()))
+    assert "| donor |" in demo_faces.stroke_markdown(list(rows.values()))
     from ilat_ext.metrics import stroke_distance
     import pytest
     assert abs(float(stroke_distance(x, sketch, mask).mean()) - rows["input"]["to_new_strokes"]) < 1e-6
@@ -136,22 +136,22 @@ def test_ceiling_edit_puts_the_donor_codes_in_the_mask_and_nothing_else():
     """Full mask: the donor's quantized reconstruction; empty mask: the input's Eq. 4 decoding,
     whatever the donor."""
     import torch
-    from tests.test_ilat import IMG, _build
+    from tests.helpers import TINY_IMG as IMG, tiny_ilat
 
-    model = _build()
+    model = tiny_ilat()
     g = torch.Generator().manual_seed(3)
     x, donor, other = (torch.rand(2, 3, IMG, IMG, generator=g) * 2 - 1 for _ in range(3))
     full, empty = torch.ones(2, 1, IMG, IMG), torch.zeros(2, 1, IMG, IMG)
     with torch.no_grad():
         fs = model.first_stage_model
         quantized_donor = fs.decode(fs.quantize(fs.quant_conv(fs.encoder(donor)))[0])
-        torch.testing.assert_close(demo.ceiling_edit(model, x, full, donor), quantized_donor, atol=1e-4, rtol=0)
-        kept = demo.ceiling_edit(model, x, empty, donor)
-        torch.testing.assert_close(kept, demo.ceiling_edit(model, x, empty, other), atol=0, rtol=0)
+        torch.testing.assert_close(demo_faces.ceiling_edit(model, x, full, donor), quantized_donor, atol=1e-4, rtol=0)
+        kept = demo_faces.ceiling_edit(model, x, empty, donor)
+        torch.testing.assert_close(kept, demo_faces.ceiling_edit(model, x, empty, other), atol=0, rtol=0)
         torch.testing.assert_close(kept, fs.decode(model.encode_target(x, empty)[1]), atol=1e-4, rtol=0)
 
 
-def _stage_config(stage: "demo.Stage"):
+def _stage_config(stage: "chain.Stage"):
     """The stage's config with its overrides applied ({run} placeholders left out)."""
     from omegaconf import OmegaConf
 
@@ -164,13 +164,13 @@ def test_demo_stages_use_their_whole_schedule():
     runs were once shorter than disc_start, so the GAN never switched on and the images stayed
     blurs; stage 2 restarts the step count, so its GAN is on from step 0), and each transformer
     stage of both demos decays its learning rate to 0 at the stage's own last step."""
-    for stage in demo.face_chain():
+    for stage in demo_faces.face_chain():
         loss = _stage_config(stage).model.params.get("lossconfig", {}).get("params", {})
         if "disc_start" in loss:
             assert loss.disc_start <= stage.steps // 2, (stage.name, loss.disc_start, stage.steps)
-    ts2 = next(s for s in demo.face_chain() if s.name == "ts2")
+    ts2 = next(s for s in demo_faces.face_chain() if s.name == "ts2")
     assert _stage_config(ts2).model.params.lossconfig.params.disc_start == 0
-    transformers = [s for s in demo.face_chain() + demo.pose_chain() if "transformer_config" in
+    transformers = [s for s in demo_faces.face_chain() + demo_poses.pose_chain() if "transformer_config" in
                     _stage_config(s).model.params]
     assert [s.name for s in transformers] == ["ilat", "taming", "pose_ilat", "pose_ilat_star", "pose_taming"]
     for stage in transformers:

@@ -1,4 +1,5 @@
-"""scripts/edit_face.py and ilat_ext.edit on tiny toy iLAT and Taming runs trained once for the module."""
+"""ilat-edit-face (scripts/edit_face.py) and ilat_ext.apps.edit on tiny toy iLAT and Taming runs trained once
+for the module. The script's outputs are compared with the same edit made through the library."""
 import os
 import runpy
 
@@ -8,8 +9,10 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from ilat_ext import edit
+from ilat_ext.apps import edit
+from ilat_ext.apps.image_io import paste_into_original, tensor_to_uint8, write_rgb
 from ilat_ext.data import ToyFaces
+from ilat_ext.data.image_files import resize_square
 from ilat_ext.data.folder import read_rgb
 from ilat_ext.masks import latent_mask
 from ilat_ext.util import instantiate_from_config
@@ -79,6 +82,77 @@ def test_script_writes_the_edit_and_a_six_column_labelled_grid(runs, script, tmp
     for j in range(6):                                # every column has a label drawn above it
         assert (g[:header, j * 66:j * 66 + 64] < 128).any()
     assert np.array_equal(g[header:, :64], read_rgb(image, 64))          # the input column is the input
+    # the written edit and every column are what the library computes for these files
+    expected = _library_columns(runs, image, mask, strokes)
+    assert np.array_equal(_rgb(out), expected["iLAT"])
+    for j, name in enumerate(("input", "mask", "sketch", "Taming", "Taming*", "iLAT")):
+        assert np.array_equal(g[header:, j * 66:j * 66 + 64], expected[name]), name
+    assert not np.array_equal(expected["Taming"], expected["iLAT"])
+
+
+def _library_columns(runs, image, mask, strokes=None, sketch=None, style=None, taming=True):
+    """The grid columns as uint8 (64, 64, 3), computed through ilat_ext.apps.edit (greedy, as the script)."""
+    editor = edit.load_editor(runs["ilat"], "cpu")
+    inputs = edit.prepare_inputs(image, mask, strokes, editor.size, style or editor.sketch_style, sketch)
+    cols = {"input": inputs.x, "mask": inputs.mask * 2 - 1, "sketch": inputs.sketch}
+    if taming:
+        baseline = edit.load_editor(runs["taming"], "cpu", baseline=True).model
+        cols["Taming"] = edit.edit_faces(baseline, inputs.x, inputs.mask, inputs.sketch, "taming").image
+        cols["Taming*"] = edit.edit_faces(baseline, inputs.x, inputs.mask, inputs.sketch).image
+    cols["iLAT"] = edit.edit_faces(editor.model, inputs.x, inputs.mask, inputs.sketch).image
+    return {name: tensor_to_uint8(t, rgb=True)[0] for name, t in cols.items()}
+
+
+def test_sketch_flag_uses_the_given_sketch_and_xdog_flag_the_named_style(runs, script, tmp_path, capsys):
+    """--sketch: the complete sketch is the condition (resized like the image), no XDoG, no strokes;
+    --xdog resized: the sketch outside the mask is plain XDoG of the resized face, not the toy style."""
+    image, mask, strokes = _face_files(str(tmp_path))
+    full = np.full((H, W), 255, np.uint8)
+    cv2.circle(full, (W // 2, H // 2), 20, 0, 2)
+    sketch = _write(str(tmp_path / "sketch.png"), full)
+    out, grid = str(tmp_path / "s.png"), str(tmp_path / "s_grid.png")
+    assert script(["--run", runs["ilat"], "--image", image, "--mask", mask, "--sketch", sketch, "--out", out,
+                   "--grid", grid, "--device", "cpu"]) == 0
+    capsys.readouterr()
+    expected = _library_columns(runs, image, mask, sketch=sketch, taming=False)
+    g = _rgb(grid)
+    header = g.shape[0] - 64
+    assert np.array_equal(_rgb(out), expected["iLAT"])
+    assert np.array_equal(g[header:, 2 * 66:2 * 66 + 64], expected["sketch"])
+    assert np.array_equal(expected["sketch"][:, :, 0], resize_square(full, 64))   # the file itself, resized
+    out_x, grid_x = str(tmp_path / "x.png"), str(tmp_path / "x_grid.png")
+    assert script(["--run", runs["ilat"], "--image", image, "--mask", mask, "--strokes", strokes, "--out", out_x,
+                   "--grid", grid_x, "--xdog", "resized", "--device", "cpu"]) == 0
+    assert "resized XDoG" in capsys.readouterr().out
+    resized = _library_columns(runs, image, mask, strokes, style="resized", taming=False)
+    toy = _library_columns(runs, image, mask, strokes, style="toy", taming=False)
+    assert np.array_equal(_rgb(out_x), resized["iLAT"])
+    assert np.array_equal(_rgb(grid_x)[header:, 2 * 66:2 * 66 + 64], resized["sketch"])
+    assert not np.array_equal(resized["sketch"], toy["sketch"])
+
+
+@pytest.mark.parametrize("argv, message", [
+    ([], "missing --image, --mask, --out"),
+    (["--image", "a.png", "--mask", "m.png", "--out", "o.png"], "exactly one of --strokes and --sketch"),
+    (["--image", "a.png", "--mask", "m.png", "--out", "o.png", "--strokes", "s.png", "--sketch", "k.png"],
+     "exactly one of --strokes and --sketch"),
+    (["--input_dir", "d"], "--input_dir needs --out_dir"),
+    (["--input_dir", "d", "--out_dir", "o", "--image", "a.png"], "--image cannot be used with --input_dir"),
+    (["--input_dir", "d", "--out_dir", "o", "--batch_size", "0"], "--batch_size must be positive, got 0"),
+    (["--image", "a.png", "--mask", "m.png", "--out", "o.png", "--strokes", "s.png", "--grid"],
+     "--grid needs a path outside batch mode"),
+    (["--input_dir", "d", "--out_dir", "o", "--size", "4"], "--size must be >= 8, got 4"),
+    (["--input_dir", "d", "--out_dir", "o", "--top_k", "0"], "--top_k must be positive, got 0"),
+    (["--input_dir", "d", "--out_dir", "o", "--temperature", "0"], "--temperature must be positive, got 0.0"),
+    (["--input_dir", "d", "--out_dir", "o", "--xdog", "pencil"], "argument --xdog: invalid choice: 'pencil'"),
+])
+def test_argument_errors_exit_2_with_one_line_naming_the_problem(script, capsys, argv, message):
+    """Usage errors answer before anything is read or loaded (the paths need not exist)."""
+    with pytest.raises(SystemExit) as e:
+        script(["--run", "logs/none"] + argv)
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("ilat-edit-face: error: ") and message in err[-1], err
 
 
 def test_empty_mask_gives_the_input_bit_exactly(runs, script, tmp_path, capsys):
@@ -88,7 +162,7 @@ def test_empty_mask_gives_the_input_bit_exactly(runs, script, tmp_path, capsys):
                    "--device", "cpu"]) == 0
     assert "mask is empty" in capsys.readouterr().out
     reference = str(tmp_path / "reference.png")
-    edit.write_rgb(reference, read_rgb(image, 64))    # the resized input, written the same way
+    write_rgb(reference, read_rgb(image, 64))    # the resized input, written the same way
     assert np.array_equal(_rgb(out), _rgb(reference))
     assert script(["--run", runs["ilat"], "--image", image, "--mask", mask, "--strokes", strokes, "--out", full,
                    "--keep_size", "--seed", "3", "--top_k", "5"]) == 0
@@ -114,7 +188,8 @@ def test_library_edit_keeps_tokens_outside_the_token_mask(runs, tmp_path):
         assert torch.equal(cells, result.token_mask)
         assert torch.equal(result.image[1], inputs.x[1])
     # --keep_size: the edit is pasted into the source image inside the user's mask only
-    pasted, outside_square = edit.paste_back(edited.originals[0], edited.masks_full[0], edit.to_uint8(result.image)[0])
+    pasted, outside_square = paste_into_original(edited.originals[0], edited.masks_full[0],
+                                                 tensor_to_uint8(result.image)[0])
     assert pasted.shape == (H, W, 3) and outside_square == 0
     assert np.array_equal(pasted[~edited.masks_full[0]], edited.originals[0][~edited.masks_full[0]])
     assert not np.array_equal(pasted, edited.originals[0])

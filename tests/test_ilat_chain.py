@@ -2,7 +2,6 @@
 import glob
 import json
 import os
-import runpy
 
 import pytest
 import torch
@@ -96,8 +95,9 @@ def test_toy_transformer_configs_train_through_main_and_edit(tmp_path, monkeypat
 
 def test_sampling_benchmark_runs_and_reports(capsys):
     """The benchmark on a tiny model: a table and a last JSON line with the keys the README names."""
-    main = runpy.run_path(os.path.join(REPO, "scripts", "benchmark_sampling.py"))["main"]
-    summary = main(["--n-layer", "1", "--n-head", "2", "--n-embd", "32", "--vocab", "64", "--grid", "6",
+    from ilat_ext.cli.benchmark_sampling import run as benchmark   # scripts/benchmark_sampling.py's command
+
+    summary = benchmark(["--n-layer", "1", "--n-head", "2", "--n-embd", "32", "--vocab", "64", "--grid", "6",
                     "--repeats", "1", "--repeats-full", "1", "--rates", "0.066", "1.0"])
     last = capsys.readouterr().out.strip().splitlines()[-1]
     assert json.loads(last) == json.loads(json.dumps(summary))

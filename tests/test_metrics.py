@@ -180,8 +180,8 @@ def test_inception_loads_pytorch_fid_layout_with_tensorflow_pooling(weight_dirs)
 
 @pytest.mark.filterwarnings("ignore:Matrix is singular")  # 3 images, 64-dim features: singular by design
 def test_compare_reports_fid_when_weights_are_found(weight_dirs, tmp_path):
-    """The FID column through `ilat_ext.compare`: an identity method scores ~0, a blurred copy more."""
-    from ilat_ext.compare import Method, batch_inputs, compare
+    """The FID column through `ilat_ext.apps.compare`: an identity method scores ~0, a blurred copy more."""
+    from ilat_ext.apps.compare import Method, batch_inputs, compare
     root, _ = weight_dirs
 
     def identity(batch):

@@ -5,7 +5,6 @@ Tiny untrained toy stages (as tests/test_ilat_chain.py) and a 1-layer transforme
 import glob
 import json
 import os
-import runpy
 import subprocess
 import sys
 
@@ -40,7 +39,9 @@ def _data_overrides():
 
 
 def _quantize(argv):
-    return runpy.run_path(SCRIPT)["main"](argv + ["--no-progress", "--device", "cpu"])
+    from ilat_ext.cli.quantize_dataset import run   # the command of SCRIPT, returning its summary
+
+    return run(argv + ["--no-progress", "--device", "cpu"])
 
 
 def _build(name, paths, extra=()):

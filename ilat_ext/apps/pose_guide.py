@@ -1,4 +1,4 @@
-"""Pose-guided person synthesis from a trained run: the library half of scripts/pose_guide.py.
+"""Pose-guided person synthesis from a trained run: the library half of `ilat-pose-guide` (scripts/pose_guide.py).
 
 iLAT (Cao et al., "The Image Local Autoregressive Transformer", NeurIPS 2021, Sec. 3.3 and Fig. 6)
 redraws the person of a reference image in a target pose: the region regenerated is the union of
@@ -13,7 +13,8 @@ reference.
     ref = resize_pose(read_pose("ref.json", h, w), h, w, run.size, run.resize)
     targets = [resize_pose(read_pose(("video.mat", k), h, w), h, w, run.size, run.resize) for k in (1, 5, 9)]
     frames, masks = synthesize_sequence(run.model, reference, ref, targets, batch_size=8)
-    write_gif("walk.gif", to_uint8(frames)); write_strip("strip.png", to_uint8(frames), targets)
+    write_gif("walk.gif", frames); write_strip("strip.png", frames, targets)    # gif: ilat_ext.apps.image_io
+    pasted = blend_into_reference(frames, reference, masks, feather=2)    # the reference's pixels outside
 
 Conventions. Poses are (13, 3) [x, y, visibility] in pixels with the origin at the image's top-left
 corner (`ilat_ext.data.pose`). A pose read from a file is in the ORIGINAL reference image's pixels;
@@ -33,11 +34,12 @@ import cv2
 import numpy as np
 import torch
 
+from ilat_ext.apps.image_io import read_image_rgb, rgb_frames, uint8_to_tensor, write_rgb
 from ilat_ext.data.pose import (
-    JOINT_NAMES, NUM_JOINTS, RESIZE_MODES, check_pose, clean_pose, draw_skeleton_overlay, load_pose_json,
+    JOINT_NAMES, NUM_JOINTS, check_pose, clean_pose, draw_skeleton_overlay, load_pose_json,
     pose_from_list, resize_image,
 )
-from ilat_ext.edit import _training_datasets, check_input_size, model_input_size, read_image_rgb, to_uint8
+from ilat_ext.runs import check_input_size, load_run, model_input_size, resize_mode_of
 
 PoseSource = Union[str, os.PathLike, Tuple[Union[str, os.PathLike], int]]
 
@@ -57,15 +59,6 @@ class PoseRun:
     run: str
 
 
-def resize_mode_of(config) -> str:
-    """"pad" or "stretch": the `resize` of the run's training dataset (PennAction has one), else "stretch"."""
-    for dataset in _training_datasets(config):
-        mode = (dataset.get("params") or {}).get("resize")
-        if mode in RESIZE_MODES:
-            return mode
-    return "stretch"
-
-
 def load_pose_model(run: str, device: str = "cpu", baseline: bool = False) -> PoseRun:
     """Load `logs/<run>` (or a checkpoint in it) for pose-guided synthesis.
 
@@ -76,7 +69,6 @@ def load_pose_model(run: str, device: str = "cpu", baseline: bool = False) -> Po
     not a PoseILATTransformer; a baseline whose lm_rate is below 1; a size the transformer cannot take).
     """
     from ilat_ext.models.pose_transformer import PoseILATTransformer
-    from ilat_ext.runs import load_run
 
     model, config = load_run(run)
     target = (getattr(model, "build_config", None) or {}).get("target", type(model).__name__)
@@ -100,8 +92,7 @@ def read_reference(path: str, size: int, resize: str = "stretch") -> Tuple[torch
     (height, width)). Raises FileNotFoundError / ValueError naming the path."""
     image = read_image_rgb(path, "reference image")
     square = resize_image(image, size, resize)
-    x = torch.from_numpy(square.astype(np.float32) / 127.5 - 1.0).permute(2, 0, 1)[None].contiguous()
-    return x, image.shape[:2]
+    return uint8_to_tensor(square), image.shape[:2]
 
 
 def label_poses(path: str) -> np.ndarray:
@@ -145,27 +136,28 @@ def read_pose(source: PoseSource, height: int, width: int) -> np.ndarray:
     return load_pose_json(source, height, width)
 
 
+def _unwrap(data, key: str, name: str):
+    """data[key] of a JSON object (ValueError naming `name` when it has no such key), else data as it is."""
+    if not isinstance(data, dict):
+        return data
+    if key not in data:
+        raise ValueError(f"{name}: a JSON object needs a {key!r} key, found {sorted(data)}")
+    return data[key]
+
+
 def read_pose_list(path: str, height: int, width: int) -> List[np.ndarray]:
     """The poses of a JSON file holding a list of poses, or {"poses": [...]}; each pose is 13
     [x, y, visibility] triples or {"joints": [...]}. Checked like `read_pose`, naming the pose's index."""
     from ilat_ext.data.pose import read_json
 
     path = os.fspath(path)
-    data = read_json(path, "pose list file")
-    if isinstance(data, dict):
-        if "poses" not in data:
-            raise ValueError(f"pose list file {path!r}: a JSON object needs a 'poses' key, found {sorted(data)}")
-        data = data["poses"]
+    data = _unwrap(read_json(path, "pose list file"), "poses", f"pose list file {path!r}")
     if not isinstance(data, list) or not data:
         raise ValueError(f"pose list file {path!r} must hold a non-empty list of poses")
     poses = []
     for i, item in enumerate(data):
         name = f"pose list file {path!r}, pose {i}"
-        if isinstance(item, dict):
-            if "joints" not in item:
-                raise ValueError(f"{name}: a JSON object needs a 'joints' key, found {sorted(item)}")
-            item = item["joints"]
-        array = pose_from_list(item, name=name)
+        array = pose_from_list(_unwrap(item, "joints", name), name=name)
         if np.isnan(array[:, 2]).any():
             raise ValueError(f"{name}: visibility must be a number, found null")
         array[:, 2] = array[:, 2] > 0
@@ -279,7 +271,8 @@ def feather_weights(masks: torch.Tensor, feather: float) -> torch.Tensor:
     return torch.from_numpy(np.stack(weights)[:, None].astype(np.float32))
 
 
-def paste_back(frames: torch.Tensor, reference: torch.Tensor, masks: torch.Tensor, feather: float = 0.0) -> torch.Tensor:
+def blend_into_reference(frames: torch.Tensor, reference: torch.Tensor, masks: torch.Tensor,
+                         feather: float = 0.0) -> torch.Tensor:
     """The syntheses (N, 3, H, W) put back into the reference (1 or N, 3, H, W), both in [-1, 1]:
     the reference's own pixels outside the masks (N, 1, H, W), the synthesis inside, blended over
     `feather` pixels inside the mask's edge (`feather_weights`). What the release does with its
@@ -300,42 +293,6 @@ def paste_back(frames: torch.Tensor, reference: torch.Tensor, masks: torch.Tenso
 
 
 # -------------------------------------------------------------------------------------- output
-
-
-def _uint8_frames(frames) -> np.ndarray:
-    frames = to_uint8(frames) if isinstance(frames, torch.Tensor) else np.asarray(frames)
-    if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3 or len(frames) == 0:
-        raise ValueError(f"frames must be uint8 (N, H, W, 3) or a (N, 3, H, W) tensor in [-1, 1], N >= 1; "
-                         f"got {frames.dtype} {frames.shape}")
-    return frames
-
-
-def write_gif(path: str, frames, fps: float = 4.0) -> None:
-    """An animated GIF (looping) of frames: uint8 (N, H, W, 3) RGB or a (N, 3, H, W) tensor in [-1, 1].
-    Pillow stores a frame identical to the one before it as a longer display of that frame."""
-    from PIL import Image
-
-    frames = _uint8_frames(frames)
-    images = [Image.fromarray(f) for f in frames]
-    images[0].save(os.fspath(path), save_all=True, append_images=images[1:], duration=int(round(1000 / fps)),
-                   loop=0, disposal=1)
-
-
-def write_mp4(path: str, frames, fps: float = 4.0) -> bool:
-    """An MP4 (OpenCV, mp4v) of frames as for `write_gif`. Returns False, writing nothing, when
-    OpenCV cannot open a writer for it (a build without the codec)."""
-    frames = _uint8_frames(frames)
-    H, W = frames.shape[1:3]
-    writer = cv2.VideoWriter(os.fspath(path), cv2.VideoWriter_fourcc(*"mp4v"), float(fps), (W, H))
-    if not writer.isOpened():
-        writer.release()
-        if os.path.isfile(path) and os.path.getsize(path) == 0:
-            os.remove(path)
-        return False
-    for frame in frames:
-        writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
-    writer.release()
-    return True
 
 
 def skeleton_pen(height: int, width: int) -> dict:
@@ -362,11 +319,9 @@ def write_strip(path: Optional[str], frames, poses: Sequence, per_row: int = 8, 
     guiding poses of the row above drawn as skeletons, `per_row` frames a row. With `reference`
     (uint8 (H, W, 3)) and `ref_pose` the first column is the reference over its own pose.
 
-    frames: as for `write_gif`; poses: N (13, 3) poses in the frames' pixels. Returns the uint8 RGB
+    frames: uint8 (N, H, W, 3) RGB or a (N, 3, H, W) tensor in [-1, 1]; poses: N (13, 3) poses in the frames' pixels. Returns the uint8 RGB
     strip and writes it to `path` (format from the extension) if given."""
-    from ilat_ext.edit import write_rgb
-
-    frames = _uint8_frames(frames)
+    frames = rgb_frames(frames)
     N, H, W = frames.shape[:3]
     if len(poses) != N:
         raise ValueError(f"{N} frames but {len(poses)} poses")

@@ -1,4 +1,4 @@
-"""Sketch-guided face editing with a trained run: the library half of scripts/edit_face.py.
+"""Sketch-guided face editing with a trained run: the library half of `ilat-edit-face` (scripts/edit_face.py).
 
 iLAT (Cao et al., "The Image Local Autoregressive Transformer", NeurIPS 2021, Sec. 4, Fig. 4)
 edits the masked region of a face so that it follows a sketch. At edit time the condition sketch
@@ -9,11 +9,13 @@ the LA mask and decodes with Eq. 4, so everything outside the mask's latent cell
     editor = load_editor("logs/<ilat run>", device="cpu")
     inputs = prepare_inputs("face.png", "mask.png", "strokes.png", editor.size, editor.sketch_style)
     result = edit_faces(editor.model, inputs.x, inputs.mask, inputs.sketch)      # an EditResult
-    write_rgb("result.png", to_uint8(result.image)[0])
-    make_grid({"input": inputs.x, "mask": inputs.mask * 2 - 1, "iLAT": result.image}, "grid.png")
+    write_rgb("result.png", tensor_to_uint8(result.image)[0])
+    labelled_grid({"input": inputs.x, "mask": inputs.mask * 2 - 1, "iLAT": result.image}, "grid.png")
+
+(`write_rgb`, `tensor_to_uint8`, `labelled_grid`: `ilat_ext.apps.image_io`.)
 
 Input size. Images are centre-cropped to a square and resized to the model's training size
-(`model_input_size`: the `size` of the run's training dataset, else the first stage's
+(`ilat_ext.runs.model_input_size`: the `size` of the run's training dataset, else the first stage's
 `resolution`), as `ilat_ext.data.folder.read_rgb` does. Mask and strokes must have the image's
 size before resizing; they get the same crop. The mask is resized so that a model pixel is edited
 when any part of it is covered by the user's mask (area resize, > 0), so the strokes the user drew
@@ -36,7 +38,7 @@ sketches the model was trained on, so it is made the way the run's training data
         xdog, sigma scaled to 0.375        13.7        0.77       0.128
         4x INTER_CUBIC, xdog, INTER_AREA    6.3        0.84       0.106   <- "toy"
 
-`sketch_style_of(config)` picks the style from the run's training dataset ("toy" for ToyFaces,
+`ilat_ext.runs.sketch_style_of(config)` picks the style from the run's training dataset ("toy" for ToyFaces,
 "resized" for ImageFolder, else "release"; token datasets do not say which images they came
 from, so a run trained from stored toy tokens needs "toy" to be named).
 
@@ -48,96 +50,21 @@ bit-exactly.
 """
 import os
 from dataclasses import dataclass
-from typing import Any, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import cv2
 import numpy as np
 import torch
 
-from ilat_ext.data.image_files import IMAGE_EXTENSIONS, center_square, decode_image, resize_square
-from ilat_ext.data.image_files import write_image_atomic
+from ilat_ext.apps.image_io import read_gray, read_image_rgb, resize_mask, uint8_to_tensor
+from ilat_ext.data.image_files import IMAGE_EXTENSIONS, resize_square
 from ilat_ext.data.sketch import compose_edit_sketch, release_sketch, sketch_to_tensor_layout, xdog
 from ilat_ext.models.cond_transformer import EditResult, TamingTransformer
 from ilat_ext.models.ilat_transformer import ILATTransformer
+from ilat_ext.runs import check_input_size, load_run, model_input_size, sketch_style_of
 
 SKETCH_STYLES = ("release", "resized", "toy")
 EDIT_MODES = ("local", "taming")
-
-
-# ------------------------------------------------------------------------------------ helpers
-
-
-def _dataset_targets(node: Any, depth: int = 0) -> List[Mapping]:
-    """Every `{target:, params:}` dict under `node` (a plain container), outermost first."""
-    if depth > 8:
-        return []
-    found = []
-    if isinstance(node, Mapping):
-        if "target" in node:
-            found.append(node)
-        for value in node.values():
-            found.extend(_dataset_targets(value, depth + 1))
-    elif isinstance(node, (list, tuple)):
-        for value in node:
-            found.extend(_dataset_targets(value, depth + 1))
-    return found
-
-
-def _training_datasets(config) -> List[Mapping]:
-    from omegaconf import OmegaConf
-    data = config.get("data") if config is not None else None
-    if data is None:
-        return []
-    data = OmegaConf.to_container(data, resolve=False)
-    params = data.get("params") or {}
-    nodes = [params.get(split) for split in ("train", "validation", "test") if params.get(split)]
-    return [d for node in nodes for d in _dataset_targets(node)]
-
-
-def model_input_size(model: TamingTransformer, config=None) -> int:
-    """The side of the square images the run was trained on: the `size` of its training dataset
-    (e.g. ToyFaces 64, FaceDataset 256), else the first stage's `resolution`."""
-    for dataset in _training_datasets(config):
-        size = (dataset.get("params") or {}).get("size")
-        if isinstance(size, int) and not isinstance(size, bool) and size > 0:
-            return size
-    return int(model.first_stage_model.encoder.resolution)
-
-
-def sketch_style_of(config) -> str:
-    """How the run's training sketches were made: "toy", "resized" or "release" (module docstring)."""
-    for dataset in _training_datasets(config):
-        name = str(dataset.get("target", "")).rsplit(".", 1)[-1]
-        if name == "ToyFaces":
-            return "toy"
-        if name == "ImageFolder":
-            return "resized"
-        if name == "FaceDataset":
-            return "release"
-    return "release"
-
-
-def check_input_size(model: TamingTransformer, size: int, exact: bool = False) -> None:
-    """Raise ValueError unless `size` px images make sequences that fit the transformer; warn (print)
-    when they are shorter than its block_size, which usually means another training size. With
-    `exact` a shorter sequence is an error too (a pose model was trained at one size)."""
-    f = model.first_stage_factor
-    if size % f:
-        raise ValueError(f"image size {size} is not a multiple of the first stage's downsampling factor {f}")
-    channels = 1
-    conv_in = getattr(getattr(model.cond_stage_model, "encoder", None), "conv_in", None)
-    if conv_in is not None:
-        channels = conv_in.in_channels
-    with torch.no_grad():
-        _, c_idx = model.encode_to_c(torch.zeros(1, channels, size, size, device=model.device))
-    need = model.sequence_positions(c_idx.shape[1], (size // f) ** 2)
-    block = int(model.transformer.get_block_size())
-    if need > block or (exact and need != block):
-        raise ValueError(f"{size}-px images need {need} transformer positions, the model's block_size is {block}: "
-                         "the run was trained at another image size (pass its training size)")
-    if need < block:
-        print(f"Note: {size}-px images use {need} of the transformer's {block} positions; the run was probably "
-              "trained at another size")
 
 
 # --------------------------------------------------------------------------------------- model
@@ -171,7 +98,6 @@ def load_editor(run: str, device: str = "cpu", size: Optional[int] = None, basel
             model needs a pose), or `size` does not fit the transformer.
     """
     from ilat_ext.models.pose_transformer import PoseILATTransformer
-    from ilat_ext.runs import load_run
 
     model, config = load_run(run)
     target = (getattr(model, "build_config", None) or {}).get("target", type(model).__name__)
@@ -195,7 +121,7 @@ def load_editor(run: str, device: str = "cpu", size: Optional[int] = None, basel
 
 @dataclass
 class EditInputs:
-    """Model inputs for a batch of B images (on the CPU) and what `paste_back` needs.
+    """Model inputs for a batch of B images (on the CPU) and what `paste_into_original` needs.
 
     x: (B, 3, S, S) float in [-1, 1]; mask: (B, 1, S, S) float in {0, 1}, 1 = edit;
     sketch: (B, 1, S, S) float in [-1, 1], +1 paper, -1 ink (the condition).
@@ -216,46 +142,6 @@ class EditInputs:
 
     def __len__(self) -> int:
         return self.x.shape[0]
-
-
-def _read(path: str, what: str, flags: int) -> np.ndarray:
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{what} not found: {path!r}")
-    image = decode_image(path, flags)
-    if image is None:
-        raise ValueError(f"cannot read {what} {path!r}: not an image file cv2 can decode")
-    return image
-
-
-def read_gray(path: str, what: str, background: int = 255) -> np.ndarray:
-    """uint8 (H, W) of a grayscale/colour image file; 16-bit images scaled to 8 bits, an alpha channel
-    composited over `background` (strokes drawn on a transparent layer read as ink on paper)."""
-    image = _read(path, what, cv2.IMREAD_UNCHANGED)
-    if image.dtype == np.uint16:
-        image = (image >> 8).astype(np.uint8)
-    elif image.dtype != np.uint8:
-        image = np.clip(image, 0, 255).astype(np.uint8)
-    if image.ndim == 3 and image.shape[2] == 4:
-        alpha = image[:, :, 3:].astype(np.float32) / 255.0
-        image = np.rint(image[:, :, :3] * alpha + background * (1.0 - alpha)).astype(np.uint8)
-    if image.ndim == 3:
-        image = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY) if image.shape[2] == 3 else image[:, :, 0]
-    return image
-
-
-def read_image_rgb(path: str, what: str = "image") -> np.ndarray:
-    """uint8 (H, W, 3) RGB of an image file; raises naming the path (missing or unreadable)."""
-    return cv2.cvtColor(_read(path, what, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
-
-
-def resize_mask(mask: np.ndarray, size: int) -> np.ndarray:
-    """bool (H, W) -> bool (size, size) after the centre square crop: a pixel is True when any
-    part of it is covered (area resize > 0 when shrinking, nearest when enlarging)."""
-    square = center_square(mask).astype(np.float32)
-    if square.shape[0] == size:
-        return square > 0
-    interp = cv2.INTER_AREA if square.shape[0] > size else cv2.INTER_NEAREST
-    return cv2.resize(square, (size, size), interpolation=interp) > 0
 
 
 def toy_style_sketch(image: np.ndarray) -> np.ndarray:
@@ -321,10 +207,10 @@ def prepare_inputs(image_path: str, mask_path: str, strokes_path: Optional[str],
         _same_size(strokes_path, "strokes", strokes, image_path, image)
         sketch = compose_edit_sketch(resized, mask, resize_square(strokes, size),
                                      original_sketch=original_sketch(image, size, sketch_style))
-    x = torch.from_numpy(resized.astype(np.float32) / 127.5 - 1.0).permute(2, 0, 1)[None]
+    x = uint8_to_tensor(resized)
     c = torch.from_numpy(sketch_to_tensor_layout(sketch)).permute(2, 0, 1)[None]
     m = torch.from_numpy(mask.astype(np.float32))[None, None]
-    return EditInputs(x.contiguous(), m, c.contiguous(), [image], [mask_full])
+    return EditInputs(x, m, c.contiguous(), [image], [mask_full])
 
 
 # --------------------------------------------------------------------------------------- edit
@@ -361,83 +247,6 @@ def edit_faces(model: TamingTransformer, x: torch.Tensor, mask: torch.Tensor, sk
     for rows, result in ((active, edited), (~active, idle)):
         image[rows], indices[rows], token_mask[rows] = result.image, result.indices, result.token_mask
     return EditResult(image, indices, token_mask, edited.steps)
-
-
-# -------------------------------------------------------------------------------------- output
-
-
-def to_uint8(images: torch.Tensor) -> np.ndarray:
-    """(B, C, H, W) in [-1, 1] -> uint8 (B, H, W, C), rounded (the inverse of x / 127.5 - 1)."""
-    images = ((images.detach().float().clamp(-1, 1) + 1.0) * 127.5).round()
-    return images.to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-
-
-def write_rgb(path: str, image: np.ndarray) -> None:
-    """Write a uint8 (H, W, 3) RGB image (or (H, W) gray) atomically; format from the extension."""
-    write_image_atomic(path, cv2.cvtColor(image, cv2.COLOR_RGB2BGR) if image.ndim == 3 else image)
-
-
-def paste_back(original: np.ndarray, mask_full: np.ndarray, edited: np.ndarray) -> Tuple[np.ndarray, int]:
-    """The edit at the source resolution: `original` (H, W, 3) with the (S, S, 3) `edited` result,
-    resized to the centre square, pasted only where `mask_full` (H, W) is True.
-
-    Returns (image, pixels of the mask outside the centre square, which the model never saw and
-    which are left as they were)."""
-    out = original.copy()
-    h, w = original.shape[:2]
-    s = min(h, w)
-    top, left = (h - s) // 2, (w - s) // 2
-    if edited.shape[0] != s:
-        interp = cv2.INTER_AREA if edited.shape[0] > s else cv2.INTER_CUBIC
-        edited = cv2.resize(edited, (s, s), interpolation=interp)
-    inside = mask_full[top:top + s, left:left + s]
-    out[top:top + s, left:left + s][inside] = edited[inside]
-    return out, int(mask_full.sum() - inside.sum())
-
-
-def make_grid(columns: Mapping[str, torch.Tensor], path: Optional[str] = None, pad: int = 2,
-              min_tile: int = 0) -> np.ndarray:
-    """A labelled side-by-side grid: one column per entry (its name written above it), one row per
-    batch element. Each value is (B, C, H, W) in [-1, 1] with C = 1 or 3 (a mask: pass mask * 2 - 1).
-    Images narrower than `min_tile` are enlarged by the smallest integer factor that reaches it
-    (nearest neighbour, so pixels stay visible).
-
-    Returns the uint8 (header + B*H + (B-1)*pad, n*W + (n-1)*pad, 3) RGB grid (H, W after any
-    enlarging) and writes it to `path` (format from the extension) if given.
-    """
-    if not columns:
-        raise ValueError("make_grid needs at least one column")
-    names = list(columns)
-    shapes = {name: tuple(t.shape) for name, t in columns.items()}
-    first = shapes[names[0]]
-    for name, shape in shapes.items():
-        if len(shape) != 4 or shape[1] not in (1, 3) or (shape[0],) + shape[2:] != (first[0],) + first[2:]:
-            raise ValueError(f"grid columns must be (B, 1 or 3, H, W) of one B, H, W; got {shapes}")
-    factor = -(-int(min_tile) // first[3]) if min_tile > first[3] else 1
-    if factor > 1:
-        columns = {name: t.float().repeat_interleave(factor, 2).repeat_interleave(factor, 3)
-                   for name, t in columns.items()}
-        first = first[:2] + (first[2] * factor, first[3] * factor)
-    B, _, H, W = first
-    tiles = {name: to_uint8(t.expand(-1, 3, -1, -1) if t.shape[1] == 1 else t) for name, t in columns.items()}
-    font = cv2.FONT_HERSHEY_SIMPLEX
-    widest = max(cv2.getTextSize(name, font, 1.0, 1)[0][0] for name in names)
-    scale = min(1.0, 0.9 * W / max(1, widest))
-    sizes = [cv2.getTextSize(name, font, scale, 1) for name in names]
-    text_h, below = max(s[0][1] for s in sizes), max(s[1] for s in sizes)
-    margin = max(2, text_h // 3)
-    header = text_h + below + 2 * margin
-    grid = np.full((header + B * H + (B - 1) * pad, len(names) * W + (len(names) - 1) * pad, 3), 255, np.uint8)
-    for j, name in enumerate(names):
-        x0 = j * (W + pad)
-        tw = cv2.getTextSize(name, font, scale, 1)[0][0]
-        cv2.putText(grid, name, (x0 + max(0, (W - tw) // 2), margin + text_h), font, scale, (0, 0, 0), 1, cv2.LINE_AA)
-        for i in range(B):
-            y0 = header + i * (H + pad)
-            grid[y0:y0 + H, x0:x0 + W] = tiles[name][i]
-    if path is not None:
-        write_rgb(path, grid)
-    return grid
 
 
 def list_edit_folder(input_dir: str) -> Tuple[List[Tuple[str, str, str]], Dict[str, List[str]]]:

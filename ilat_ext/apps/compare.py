@@ -13,7 +13,7 @@ the tokens it regenerated), such as the models' `EditResult`. `model_method` wra
 
     grid.png      rows = items, columns = input | mask | condition | each method, labelled on top
     metrics.csv   one row per method (the returned table)
-    metrics.md    the same as a markdown table (also printed)
+    metrics.md    the same as a markdown table (also reported, see `compare`'s `log`)
     images/       per-item PNGs per column (save_images=True)
 
 Metrics per method (`ilat_ext.metrics`, outputs clamped to [-1, 1]): PSNR, SSIM and MAE of the
@@ -28,6 +28,7 @@ Timing: `time.perf_counter` around each `edit` call only (data loading and metri
 CUDA synchronised), after one untimed warm-up call per method on the first batch.
 """
 import csv
+import logging
 import os
 import re
 import time
@@ -39,7 +40,9 @@ import torch
 from PIL import Image
 
 from ilat_ext import metrics as M
-from ilat_ext.edit import make_grid as edit_grid, to_uint8
+from ilat_ext.apps.image_io import labelled_grid, tensor_to_uint8
+
+logger = logging.getLogger(__name__)
 
 MODES = {"local": "sample_local", "edit": "sample_edit"}
 DATA_CHOICES = ("toy_faces", "toy_poses", "config:PATH")
@@ -193,19 +196,6 @@ def build_dataset(data: str, n: int = 16, size: int = 64, seed: int = 0):
     raise ValueError(f"unknown --data value {data!r}; use one of {DATA_CHOICES}")
 
 
-# ------------------------------------------------------------------------------------------ grid
-
-def _to_uint8(img: torch.Tensor) -> np.ndarray:
-    """(C, H, W) in [-1, 1], C in {1, 3} -> (H, W, 3) uint8."""
-    return to_uint8(img[None].expand(-1, 3, -1, -1) if img.shape[0] == 1 else img[None])[0]
-
-
-def make_grid(columns: Mapping[str, torch.Tensor], min_tile: int = 128) -> np.ndarray:
-    """columns: name -> (R, C, H, W) in [-1, 1]; rows = items, one column per name with its label
-    on top, small images enlarged (nearest) to at least `min_tile` (`ilat_ext.edit.make_grid`)."""
-    return edit_grid(columns, pad=0, min_tile=min_tile)
-
-
 # ----------------------------------------------------------------------------------------- table
 
 COLUMNS = ("method", "psnr", "ssim", "mae", "psnr_unmasked", "fid", "sec_per_image", "tokens_regenerated", "n")
@@ -269,10 +259,15 @@ def compare(methods: Sequence[Method], dataset, out_dir: str, n: Optional[int] =
             image_key: str = "image", mask_key: str = "mask", cond_key: Optional[str] = "sketch",
             target_key: Optional[str] = None, device: str = "cpu", grid_rows: int = 8, save_images: bool = False,
             fid: bool = True, inception: Optional[str] = None, fid_dims: int = 2048, progress: bool = True,
-            verbose: bool = True) -> List[Dict[str, Any]]:
+            verbose: bool = True, log: Optional[Callable[[str], None]] = None) -> List[Dict[str, Any]]:
     """Run every method on the first `n` items of `dataset` (all when None) and write the outputs to
     `out_dir` (see the module docstring). Returns the table: one dict per method with the keys of
-    `COLUMNS` (floats; `fid` None when not computed, with the reason in `fid_note`)."""
+    `COLUMNS` (floats; `fid` None when not computed, with the reason in `fid_note`).
+
+    verbose: report the FID notes and the markdown table through `log` (default: this module's
+    logger at INFO; the command line passes `print`). The grid shows the first `grid_rows` items,
+    64-px images enlarged to 128."""
+    say = (log or logger.info) if verbose else (lambda message: None)
     from tqdm import tqdm
     if not methods:
         raise ValueError("no methods to compare")
@@ -295,13 +290,13 @@ def compare(methods: Sequence[Method], dataset, out_dir: str, n: Optional[int] =
             fid_note = f"FID needs at least 2 images, got {n}"
         else:
             extractor = M.load_inception(weights, dims=fid_dims).to(device)
-            if n <= fid_dims and verbose:
-                print(f"note: FID from {n} images with {fid_dims}-dim features: the covariance is singular; "
+            if n <= fid_dims:
+                say(f"note: FID from {n} images with {fid_dims}-dim features: the covariance is singular; "
                       "use more images than dimensions for a meaningful FID")
     else:
         fid_note = "not requested (fid=False)"
-    if fid_note and verbose and fid:
-        print(f"FID skipped: {fid_note}")
+    if fid_note and fid:
+        say(f"FID skipped: {fid_note}")
 
     per = {m.name: {k: [] for k in ("psnr", "ssim", "mae", "psnr_unmasked", "tokens", "feats")} for m in methods}
     seconds = {m.name: 0.0 for m in methods}
@@ -358,11 +353,11 @@ def compare(methods: Sequence[Method], dataset, out_dir: str, n: Optional[int] =
             for k, v in cols.items():
                 folder = os.path.join(out_dir, "images", _safe_name(k))
                 os.makedirs(folder, exist_ok=True)
-                for i in range(x.shape[0]):
-                    Image.fromarray(_to_uint8(v[i])).save(os.path.join(folder, f"{seen + i:06d}.png"))
+                for i, tile in enumerate(tensor_to_uint8(v, rgb=True)):
+                    Image.fromarray(tile).save(os.path.join(folder, f"{seen + i:06d}.png"))
         seen += x.shape[0]
 
-    grid = make_grid({k: torch.cat(v) for k, v in shown.items()})
+    grid = labelled_grid({k: torch.cat(v) for k, v in shown.items()}, pad=0, min_tile=128)
     Image.fromarray(grid).save(os.path.join(out_dir, "grid.png"))
 
     real = torch.cat(real_feats) if real_feats else None
@@ -380,6 +375,5 @@ def compare(methods: Sequence[Method], dataset, out_dir: str, n: Optional[int] =
     with open(os.path.join(out_dir, "metrics.md"), "w") as f:
         f.write(table)
     write_csv(rows, os.path.join(out_dir, "metrics.csv"))
-    if verbose:
-        print(table)
+    say(table)
     return rows

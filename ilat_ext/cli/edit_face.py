@@ -1,0 +1,183 @@
+"""Sketch-guided face editing with a trained iLAT run (paper Sec. 4, Fig. 4): `ilat-edit-face`.
+
+    ilat-edit-face --run logs/<ilat run> --image face.png --mask mask.png \
+        --strokes strokes.png --out result.png [--taming logs/<taming run>] [--grid grid.png] \
+        [--top_k K] [--temperature T] [--seed S] [--no_greedy] [--device cpu|cuda] [--size N] [--keep_size]
+    ilat-edit-face --run logs/<ilat run> --image face.png --mask mask.png --sketch full.png --out r.png
+    ilat-edit-face --run logs/<ilat run> --input_dir DIR --out_dir OUT [--grid] [--batch_size 8]
+
+(`python scripts/edit_face.py ...` runs the same.)
+
+The image is centre-cropped and resized to the run's training size (--size overrides). The mask
+(white = edit) and the strokes (dark lines on white; only their part inside the mask is used) must
+have the image's size. The condition sketch is the XDoG of the image outside the mask plus the
+strokes inside (made like the run's training sketches: --xdog auto picks it from the run's data,
+see `ilat_ext.apps.edit`); --sketch gives a complete sketch instead. Greedy decoding unless --top_k,
+--temperature, --seed or --no_greedy asks for sampling. The result has the model's size; --keep_size pastes the
+edit into the original image, inside the mask only. --grid writes input | mask | sketch | [Taming |
+Taming* (with --taming)] | iLAT.
+
+Batch mode: DIR/images/* with DIR/masks/<same name> and DIR/strokes/<same name>; results go to
+OUT/<stem>.png (grids to OUT/grids/ with --grid). Images without a mask or strokes, non-image files
+and unreadable images are skipped and counted. Exit code 0 on success, 2 on a usage or input error
+(the message names the path) or when batch mode wrote nothing.
+"""
+import argparse
+import os
+import sys
+from typing import List, Optional
+
+from ilat_ext.cli import (ArgumentParser, add_sampling_arguments, check_sampling_arguments, report_missing,
+                          resolve_device, sampling_options)
+
+
+def get_parser() -> argparse.ArgumentParser:
+    p = ArgumentParser(prog="ilat-edit-face", description=__doc__.split("\n\n")[0])
+    p.add_argument("--run", required=True, help="logs/<run> of an iLAT (or Taming) transformer, or a checkpoint in it")
+    p.add_argument("--image", help="face image (any RGB image)")
+    p.add_argument("--mask", help="mask image of the image's size, white (> 127) = region to edit")
+    p.add_argument("--strokes", help="strokes image of the image's size, dark lines on white")
+    p.add_argument("--sketch", help="a complete condition sketch instead of XDoG + strokes")
+    p.add_argument("--out", help="result image (model size; see --keep_size)")
+    p.add_argument("--input_dir", help="batch mode: folder with images/, masks/, strokes/")
+    p.add_argument("--out_dir", help="batch mode: output folder")
+    p.add_argument("--batch_size", type=int, default=8, help="batch mode: images edited together (default 8)")
+    p.add_argument("--taming", help="logs/<run> of a Taming baseline, for the Taming and Taming* grid columns")
+    p.add_argument("--grid", nargs="?", const="", default=None,
+                   help="write a labelled grid (a path; in batch mode a folder, default OUT/grids)")
+    add_sampling_arguments(p)
+    p.add_argument("--size", type=int, help="image side for the model (default: the run's training size)")
+    p.add_argument("--keep_size", action="store_true",
+                   help="write the edit pasted into the original image, inside the mask only")
+    p.add_argument("--xdog", choices=("auto", "release", "resized", "toy"), default="auto",
+                   help="how the sketch outside the mask is made (default: like the run's training data)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    return p
+
+
+def _check_args(parser: argparse.ArgumentParser, args) -> None:
+    batch = args.input_dir is not None
+    if batch:
+        if args.out_dir is None:
+            parser.error("--input_dir needs --out_dir")
+        given = [f"--{k}" for k in ("image", "mask", "strokes", "sketch", "out") if getattr(args, k) is not None]
+        if given:
+            parser.error(f"{', '.join(given)} cannot be used with --input_dir")
+        if args.batch_size < 1:
+            parser.error(f"--batch_size must be positive, got {args.batch_size}")
+    else:
+        missing = [f"--{k}" for k in ("image", "mask", "out") if getattr(args, k) is None]
+        if missing:
+            parser.error(f"missing {', '.join(missing)} (or use --input_dir/--out_dir)")
+        if (args.strokes is None) == (args.sketch is None):
+            parser.error("give exactly one of --strokes and --sketch")
+        if args.grid == "":
+            parser.error("--grid needs a path outside batch mode")
+    if args.size is not None and args.size < 8:
+        parser.error(f"--size must be >= 8, got {args.size}")
+    check_sampling_arguments(parser, args)
+
+
+def _columns(edit, inputs, ilat, taming, sampling):
+    """Grid columns for a batch of inputs: input | mask | sketch | [Taming | Taming*] | iLAT."""
+    cols = {"input": inputs.x, "mask": inputs.mask * 2 - 1, "sketch": inputs.sketch}
+    if taming is not None:
+        cols["Taming"] = edit.edit_faces(taming, inputs.x, inputs.mask, inputs.sketch, "taming", **sampling).image.cpu()
+        cols["Taming*"] = edit.edit_faces(taming, inputs.x, inputs.mask, inputs.sketch, **sampling).image.cpu()
+    cols["iLAT"] = ilat
+    return cols
+
+
+def _write_results(edit, args, inputs, result, outs: List[str], grids: List[Optional[str]], taming, sampling):
+    from ilat_ext.apps.image_io import labelled_grid, paste_into_original, tensor_to_uint8, write_rgb
+
+    images = tensor_to_uint8(result.image)
+    for i, out in enumerate(outs):
+        image = images[i]
+        if args.keep_size:
+            image, outside = paste_into_original(inputs.originals[i], inputs.masks_full[i], image)
+            if outside:
+                print(f"Note: {outside} mask pixels of {out!r} lie outside the centre square the model sees; "
+                      "they are unchanged")
+        write_rgb(out, image)
+    if any(g is not None for g in grids):
+        cols = _columns(edit, inputs, result.image.cpu(), taming, sampling)
+        for i, grid in enumerate(grids):
+            if grid is not None:
+                labelled_grid({k: v[i:i + 1] for k, v in cols.items()}, grid)
+
+
+def _edit_one(edit, args, editor, taming, sampling) -> int:
+    inputs = edit.prepare_inputs(args.image, args.mask, args.strokes, editor.size, editor.sketch_style, args.sketch)
+    result = edit.edit_faces(editor.model, inputs.x, inputs.mask, inputs.sketch, **sampling)
+    _write_results(edit, args, inputs, result, [args.out], [args.grid], taming, sampling)
+    if not inputs.mask.any():
+        print(f"The mask is empty: nothing to edit, {args.out} is the input unchanged")
+    else:
+        print(f"Edited {int(result.token_mask.sum())} latent tokens in {result.steps} transformer steps: {args.out}")
+    if args.grid:
+        print(f"Grid: {args.grid}")
+    return 0
+
+
+def _edit_folder(edit, args, editor, taming, sampling) -> int:
+    from tqdm.auto import tqdm
+
+    triples, skipped = edit.list_edit_folder(args.input_dir)
+    skipped["unreadable or wrong size"] = []
+    grid_dir = None if args.grid is None else (args.grid or os.path.join(args.out_dir, "grids"))
+    written = 0
+    bar = tqdm(total=len(triples), desc="editing faces", unit="img", disable=args.quiet)
+    for start in range(0, len(triples), args.batch_size):
+        items, names = [], []
+        for image, mask, strokes in triples[start:start + args.batch_size]:
+            try:
+                items.append(edit.prepare_inputs(image, mask, strokes, editor.size, editor.sketch_style))
+                names.append(os.path.splitext(os.path.basename(image))[0])
+            except (FileNotFoundError, ValueError) as e:
+                skipped["unreadable or wrong size"].append(image)
+                bar.write(f"skipping {image}: {e}")
+        if items:
+            inputs = edit.EditInputs.stack(items)
+            result = edit.edit_faces(editor.model, inputs.x, inputs.mask, inputs.sketch, **sampling)
+            outs = [os.path.join(args.out_dir, n + ".png") for n in names]
+            grids = [None if grid_dir is None else os.path.join(grid_dir, n + ".png") for n in names]
+            _write_results(edit, args, inputs, result, outs, grids, taming, sampling)
+            written += len(items)
+        bar.update(len(triples[start:start + args.batch_size]))
+    bar.close()
+    counts = ", ".join(f"{len(v)} {k}" for k, v in skipped.items() if v)
+    print(f"{args.out_dir}: {written} edited" + (f"; skipped {counts}" if counts else ""))
+    if written == 0:
+        print(f"error: nothing edited from {args.input_dir!r}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def main(argv=None) -> int:
+    parser = get_parser()
+    args = parser.parse_args(argv)
+    _check_args(parser, args)
+    sampling = sampling_options(args)
+    missing = report_missing(args, [(flag, "file") for flag in ("image", "mask", "strokes", "sketch")],
+                             ("run", "taming"))
+    if missing is not None:
+        return missing
+    from ilat_ext.apps import edit
+
+    try:
+        device = resolve_device(args.device)
+        editor = edit.load_editor(args.run, device, size=args.size)
+        if args.xdog != "auto":
+            editor.sketch_style = args.xdog
+        taming = None
+        if args.taming is not None:
+            taming = edit.load_editor(args.taming, device, size=editor.size, baseline=True).model
+        print(f"{type(editor.model).__name__} at {editor.size} px on {device}; sketch outside the mask: "
+              f"{editor.sketch_style} XDoG; {'greedy' if sampling['greedy'] else 'sampling'}")
+        if args.input_dir is not None:
+            return _edit_folder(edit, args, editor, taming, sampling)
+        return _edit_one(edit, args, editor, taming, sampling)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
