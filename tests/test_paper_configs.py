@@ -47,7 +47,8 @@ def test_paper_hyperparameters(name):
 @pytest.mark.parametrize("name", ["ilat_ffhq", "ilat_penn_action", "taming_penn_action"])
 def test_paper_models_build_and_run(name):
     """The whole model builds from the config (one layer instead of twelve to keep it quick) and the
-    training forward runs on a 256-px batch: every parameter name is valid and the sequence fits."""
+    training forward runs on a 256-px batch: every parameter name is valid and the sequence fits;
+    iLAT's greedy local edit is the argmax of the teacher-forced pass over it."""
     cfg = _config(name).model
     cfg.params.transformer_config.params.n_layer = 1
     cfg.params.first_stage_config.params.ckpt_path = None
@@ -60,12 +61,25 @@ def test_paper_models_build_and_run(name):
     mask = torch.zeros(1, 1, 256, 256)
     mask[:, :, 64:160, 96:192] = 1
     if name == "ilat_ffhq":
-        c = torch.rand(1, 1, 256, 256) * 2 - 1
+        c, extra = torch.rand(1, 1, 256, 256) * 2 - 1, None
         logits, target, weight = model(x, c, mask)
     else:
-        extra = model.pose_features(torch.rand(1, 13, 3))
-        logits, target, weight = model(x, x, mask, extra)
+        c, extra = x, model.pose_features(torch.rand(1, 13, 3))
+        logits, target, weight = model(x, c, mask, extra)
     assert logits.shape[:2] == target.shape == (1, 256) and weight.sum() > 0
+    if not name.startswith("ilat"):
+        return                          # the Taming baseline's own sampler is Taming's edit, not the local one
+    # the greedy local edit emits, at every generated position, the argmax of the teacher-forced
+    # LA-mask pass over its own result (what training computes), up to float round-off
+    with torch.no_grad():
+        r = model.sample_local(x, mask, c, extra)
+        _, c_idx = model.encode_to_c(c)
+        tf, _, _ = model.forward_tokens(r.indices, c_idx, r.token_mask, extra)
+    tf = tf[..., :model.first_stage_model.quantize.n_e]
+    generated = r.token_mask
+    assert int(generated.sum()) == 36                                      # the 6 x 6 cells of the mask
+    chosen = tf.gather(-1, r.indices[..., None])[..., 0]
+    assert (chosen[generated] >= tf.amax(-1)[generated] - 1e-4).all()
 
 
 def test_pose_configs_read_penn_action(tmp_path):

@@ -70,6 +70,8 @@ def test_init_from_ckpt_with_matching_ignore_keys_reports_instead_of_crashing(tm
 
 
 def test_first_stage_as_condition_and_upstream_sampler():
+    """The first stage as condition stage; upstream's greedy sampler (no cache) emits the argmax of
+    the teacher-forced logits of its own output at every position."""
     model = _model(cond="__is_first_stage__", cond_stage_key="image").eval()
     x = torch.rand(2, 3, 32, 32) * 2 - 1
     logits, target = model(x, x)
@@ -77,6 +79,12 @@ def test_first_stage_as_condition_and_upstream_sampler():
     _, c = model.encode_to_c(x)
     out = model.sample(torch.zeros(2, 0, dtype=torch.long), c, steps=16, sample=False)
     assert out.shape == (2, 16) and out.max() < VOCAB
+    # greedy: every token is the argmax of one teacher-forced pass over the result (up to round-off)
+    with torch.no_grad():
+        logits, _ = model.forward_tokens(out, c)                                    # (B, 16, V)
+    chosen = logits.gather(-1, out[..., None])[..., 0]
+    assert (chosen >= logits.amax(-1) - 1e-5).all()
+    assert (logits.amax(-1) - logits.topk(2, dim=-1).values[..., 1] > 1e-3).float().mean() > 0.5   # no tie-fest
 
 
 def test_unconditional_uses_sos_token():
