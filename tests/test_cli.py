@@ -164,3 +164,19 @@ def test_console_script_and_script_wrapper_report_a_missing_file(tmp_path):
         result = subprocess.run(command + args, capture_output=True, text=True, timeout=300, cwd=str(tmp_path))
         assert result.returncode == 2, result.stderr[-2000:]
         assert result.stderr.strip().splitlines() == [f"error: --image file not found: {missing!r}"]
+
+
+def test_demo_flags_overrides_and_errors(capsys):
+    from ilat_ext.cli.demos import demo_parser, parse_demo_args
+
+    faces = demo_parser("faces", "the face demo")
+    args, overrides = parse_demo_args(faces, ["--steps-scale", "2", "lightning.trainer.limit_val_batches=1"])
+    assert args.steps_scale == 2.0 and args.n_score == 32 and overrides == ["lightning.trainer.limit_val_batches=1"]
+    assert not hasattr(parse_demo_args(demo_parser("poses", "the pose demo"), [])[0], "n_score")
+    for argv, message in ((["--steps_scale", "0"], "--steps_scale must be > 0"),
+                          (["--n_show", "0"], "--n_show must be >= 1"),
+                          (["--bogus"], "unrecognized options: ['--bogus']")):
+        with pytest.raises(SystemExit) as e:
+            parse_demo_args(faces, argv)
+        assert e.value.code == 2
+        assert message in capsys.readouterr().err.strip().splitlines()[-1], argv
