@@ -7,7 +7,7 @@ import torch
 
 from ilat_ext.masks import la_attention_mask
 from ilat_ext.models import ILATTransformer, PoseILATTransformer, TamingTransformer, transformer_param_groups
-from ilat_ext.models.cond_transformer import grid_codes
+from ilat_ext.modules.position_codes import grid_codes
 from ilat_ext.modules.sampling import sample_tokens
 from tests.helpers import (TINY_CODES, TINY_FACTOR, TINY_IMG, teacher_forced_logits, tiny_ilat,
                            tiny_ilat_config)

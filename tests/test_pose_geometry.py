@@ -7,8 +7,7 @@ import math
 import pytest
 import torch
 
-from ilat_ext.data.pose import L_ELBOW, L_SHOULDER, L_WRIST, LIMBS
-from ilat_ext.models.pose_transformer import limb_map, limb_warp, warp_image
+from ilat_ext.pose_geometry import L_ELBOW, L_SHOULDER, L_WRIST, LIMBS, limb_map, limb_warp, warp_image
 
 
 def _segment_cover(px, py, ax, ay, bx, by, reach):

@@ -5,10 +5,9 @@ position codes, the limb map beside each grid row (`pose_map`) and the warped re
 import pytest
 import torch
 
-from ilat_ext.data.pose import LIMBS
 from ilat_ext.models import transformer_param_groups
-from ilat_ext.models.cond_transformer import grid_codes
-from ilat_ext.models.pose_transformer import limb_map, warp_image
+from ilat_ext.modules.position_codes import grid_codes
+from ilat_ext.pose_geometry import LIMBS, limb_map, warp_image
 from tests.helpers import TINY_CODES, TINY_FACTOR, TINY_IMG, dummy_pose_batch, tiny_pose_model
 
 
