@@ -30,6 +30,7 @@ load whose only extra globals are inert. A file swapped between the two reads ch
 Legacy (non-zip, torch < 1.6) files cannot be scanned, so they get a plain weights-only load.
 `unsafe=True` (`--unsafe-load` on main.py) is `torch.load(weights_only=False)`, for trusted files.
 """
+import logging
 import os
 import pickle
 import re
@@ -54,6 +55,16 @@ _OPT_IN = ("Only if you trust this file, load it with `load_checkpoint(path, uns
            "`--unsafe-load` on the command line; that runs any code the file contains.")
 
 _default_unsafe = False
+
+
+logger = logging.getLogger(__name__)
+
+
+class CheckpointKeysWarning(UserWarning):
+    """A state dict loaded with missing or unexpected keys (the message is the `LoadReport`)."""
+
+
+warnings.simplefilter("always", CheckpointKeysWarning)  # every load's report, not only the first
 
 
 class UnsafeCheckpointError(pickle.UnpicklingError):
@@ -211,7 +222,10 @@ def _group_keys(keys: Sequence[str]) -> List[str]:
 
 def load_state_dict_report(module: nn.Module, state_dict: Mapping[str, Any], ignore_keys: Sequence[str] = (),
                            strict: bool = False, source: str = "") -> LoadReport:
-    """Load `state_dict` into `module`, print what did not match, and return it as a `LoadReport`.
+    """Load `state_dict` into `module`, report what did not match, and return it as a `LoadReport`.
+
+    Missing or unexpected keys raise a `CheckpointKeysWarning` (shown every time, with the report);
+    a clean load is logged at INFO.
 
     Keys that start with an `ignore_keys` prefix are dropped from the checkpoint. Model keys under
     such a prefix are not counted as missing, because ignoring a subtree means the model keeps its
@@ -243,7 +257,10 @@ def load_state_dict_report(module: nn.Module, state_dict: Mapping[str, Any], ign
     report = LoadReport(missing=[k for k in result.missing_keys if not k.startswith(prefixes)],
                         unexpected=list(result.unexpected_keys), ignored=ignored,
                         loaded=len(kept) - len(result.unexpected_keys), source=source)
-    print(report.summary())  # print, not logging: a dropped key must never go unseen
+    if report.missing or report.unexpected:  # a warning, not a log line: a dropped key must never go unseen
+        warnings.warn(report.summary(), CheckpointKeysWarning, stacklevel=2)
+    else:
+        logger.info(report.summary())
     if strict and (report.missing or report.unexpected):
         raise RuntimeError(f"strict load of state dict{where} into {type(module).__name__}: "
                            f"missing keys {report.missing}, unexpected keys {report.unexpected}")
