@@ -7,6 +7,11 @@ from pytorch_lightning.callbacks import Callback
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOY_VQGAN = os.path.join(REPO, "configs", "toy", "vqgan.yaml")
+# main.py overrides for the toy transformer configs: a one-layer, 32-wide GPT, and short runs
+TINY_GPT_OVERRIDES = ["model.params.transformer_config.params.n_layer=1", "model.params.transformer_config.params.n_embd=32",
+                      "model.params.transformer_config.params.n_head=2"]
+SHORT_RUN_OVERRIDES = ["data.params.batch_size=2", "lightning.trainer.val_check_interval=1.0",
+                       "lightning.callbacks.image_logger.params.max_images=2"]
 
 
 class RankWeightsDump(Callback):

@@ -11,12 +11,10 @@ from ilat_ext import main as cli
 from ilat_ext.models import ILATTransformer, TamingTransformer
 from ilat_ext.runs import load_run
 from ilat_ext.util import instantiate_from_config
-from tests.helpers import REPO
+from tests.helpers import REPO, SHORT_RUN_OVERRIDES, TINY_GPT_OVERRIDES
 
-SMALL = ["model.params.transformer_config.params.n_layer=1", "model.params.transformer_config.params.n_embd=32",
-         "model.params.transformer_config.params.n_head=2", "data.params.batch_size=2",
-         "data.params.train.params.dataset.params.length=4", "data.params.validation.params.dataset.params.length=2",
-         "lightning.trainer.val_check_interval=1.0", "lightning.callbacks.image_logger.params.max_images=2"]
+SMALL = TINY_GPT_OVERRIDES + SHORT_RUN_OVERRIDES + ["data.params.train.params.dataset.params.length=4",
+                                                   "data.params.validation.params.dataset.params.length=2"]
 
 
 def _stage_ckpts(tmp_path):

@@ -18,13 +18,12 @@ from ilat_ext.data import tokens
 from ilat_ext.data.tokens import TokenDataset, read_token_file, write_token_file
 from ilat_ext.models import ILATTransformer, TamingTransformer
 from ilat_ext.util import instantiate_from_config
-from tests.helpers import REPO
+from tests.helpers import REPO, TINY_GPT_OVERRIDES
 from tests.test_ilat_chain import _stage_ckpts
 
 SCRIPT = os.path.join(REPO, "scripts", "quantize_dataset.py")
 TOY = {name: os.path.join(REPO, "configs", "toy", f"{name}.yaml") for name in ("ilat", "taming", "ilat_tokens")}
-TINY_GPT = ["model.params.transformer_config.params.n_layer=1", "model.params.transformer_config.params.n_embd=32",
-            "model.params.transformer_config.params.n_head=2"]
+TINY_GPT = TINY_GPT_OVERRIDES
 N_TRAIN, N_VAL, K = 4, 2, 3
 
 
