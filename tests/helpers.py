@@ -198,3 +198,15 @@ def teacher_forced_logits(model, indices, c, allowed, n_codes: int = TINY_CODES)
     features = model.position_features(c_idx, n_pre, indices.shape[1])   # None unless aligned_condition
     logits = model.transformer(idx, emb, attn_mask=allowed(n_cond), pos_features=features)[0]
     return logits[:, n_pre - 1:, :n_codes]
+
+
+def standing_pose(cx=40.0, top=8.0, h=44.0):
+    """A plausible upright pose (13, 3) in pixels, person's left on the image's right, all visible."""
+    import numpy as np
+    from ilat_ext.pose_geometry import NUM_JOINTS
+    u = h / 10
+    xy = [(cx, top), (cx + 1.5 * u, top + 2 * u), (cx - 1.5 * u, top + 2 * u), (cx + 2.5 * u, top + 3.5 * u),
+          (cx - 2.5 * u, top + 3.5 * u), (cx + 3 * u, top + 5 * u), (cx - 3 * u, top + 5 * u),
+          (cx + u, top + 5.5 * u), (cx - u, top + 5.5 * u), (cx + 1.2 * u, top + 7.7 * u),
+          (cx - 1.2 * u, top + 7.7 * u), (cx + 1.4 * u, top + 10 * u), (cx - 1.4 * u, top + 10 * u)]
+    return np.concatenate([np.array(xy), np.ones((NUM_JOINTS, 1))], 1).astype(np.float32)
