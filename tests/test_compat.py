@@ -91,3 +91,25 @@ def test_data_layer_and_util_never_print():
             if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "print":
                 offenders.append(f"{os.path.relpath(path, REPO)}:{node.lineno}")
     assert offenders == []
+
+
+def test_import_is_light_and_taming_main_resolves_lazily():
+    """`import ilat_ext` loads neither torch nor Lightning (the command lines answer bad input at
+    once); upstream's taming modules then import, through our port registered as `taming.main`;
+    and a script's missing input is reported before torch is imported."""
+    import subprocess
+    import sys
+
+    probe = ("import sys, ilat_ext\n"
+             "assert 'torch' not in sys.modules and 'pytorch_lightning' not in sys.modules\n"
+             "from taming.models.cond_transformer import Net2NetTransformer\n"
+             "import ilat_ext.main, taming\n"
+             "assert sys.modules['taming.main'] is ilat_ext.main and taming.main is ilat_ext.main\n"
+             "assert ilat_ext.VQModel.__module__ == 'ilat_ext.models.vqgan'\n")
+    subprocess.run([sys.executable, "-c", probe], check=True)
+    script = ("import sys\nfrom ilat_ext.cli.edit_face import main\nrc = main(['--run', 'no_run', '--image', "
+              "'no.png', '--mask', 'm.png', '--strokes', 's.png', '--out', 'o.png'])\n"
+              "assert rc == 2 and 'torch' not in sys.modules, (rc, 'torch' in sys.modules)\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "not found: 'no.png'" in done.stderr
