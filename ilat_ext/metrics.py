@@ -3,7 +3,7 @@
 All image metrics take batched float tensors (B, C, H, W). By default images are in [-1, 1] as
 the models output them (`data_range=2.0`); pass `data_range=1.0` for images in [0, 1]. Values
 are not clamped: clamp model outputs first if they should be treated as displayable images
-(`ilat_ext.compare` does).
+(`ilat_ext.apps.compare` does).
 
 - `psnr(a, b, mask=None)` -> (B,) dB, 10 log10(data_range^2 / MSE). The released code computes
   1 - 10 log10(mse), 1 dB too high; this one does not. Identical images give +inf (MSE 0); an

@@ -79,7 +79,7 @@ def test_toy_transformer_configs_train_through_main_and_edit(tmp_path, monkeypat
     assert scheduler.interval == "step"                                   # warm-up + linear decay per batch
 
     from ilat_ext.data import ToyFaces
-    from ilat_ext.data.masked import MaskedDataset
+    from ilat_ext.data.mask_sources import MaskedDataset
     data = MaskedDataset(ToyFaces(size=64, length=2, split="test", mask=False, sketch=True),
                          mask_source={"free_form_area": [0.1, 0.2], "mode_probs": {"partial": 1.0}})
     batch = torch.utils.data.default_collate([data[0], data[1]])
@@ -92,7 +92,7 @@ def test_toy_transformer_configs_train_through_main_and_edit(tmp_path, monkeypat
 
 
 def test_sampling_benchmark_runs_and_reports(capsys):
-    """The benchmark on a tiny model: a table and a last JSON line with the keys the README names."""
+    """The benchmark on a tiny model: a table and a last JSON line with the keys docs/benchmarks.md names."""
     from ilat_ext.cli.benchmark_sampling import run as benchmark   # scripts/benchmark_sampling.py's command
 
     summary = benchmark(["--n-layer", "1", "--n-head", "2", "--n-embd", "32", "--vocab", "64", "--grid", "6",

@@ -365,7 +365,7 @@ def test_encoder_is_leak_free(preset, mode):
     keep = latent_keep_fn(enc)
     assert_unchanged_outside(enc, x, masks, keep(masks))
     # a batch of random free-form masks, different per sample
-    from ilat_ext.data.masks import free_form_mask
+    from ilat_ext.data.mask_shapes import free_form_mask
     import numpy as np
     rng = np.random.default_rng(0)
     free = torch.from_numpy(np.stack([free_form_mask(H, W, rng, area_range=(0.05, 0.3)) for _ in range(3)]))[:, None]

@@ -2,7 +2,7 @@
 
 Both encoders hold the same weights and run in the same process, interleaved (plain, TS, plain,
 TS, ...) so that a busy machine slows both alike. For each mask rate (free-form brush masks from
-`ilat_ext.data.masks.free_form_mask`; 0% = an all-zero mask) it reports the median forward time
+`ilat_ext.data.mask_shapes.free_form_mask`; 0% = an all-zero mask) it reports the median forward time
 of each encoder (torch.no_grad) and their ratio, and the peak memory of one forward.
 
 Peak memory: on CUDA, torch.cuda.max_memory_allocated during one forward minus what was allocated
@@ -38,7 +38,7 @@ import torch
 from tqdm import tqdm
 
 from ilat_ext.cli import ArgumentParser
-from ilat_ext.data.masks import free_form_mask
+from ilat_ext.data.mask_shapes import free_form_mask
 from ilat_ext.modules.encoder import TSEncoder, apply_preset
 
 CONFIGS: Dict[str, dict] = {

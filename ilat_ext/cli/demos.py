@@ -15,7 +15,7 @@ def demo_parser(kind: str, description: str) -> argparse.ArgumentParser:
     parser = ArgumentParser(prog=f"ilat-demo-{kind}", description=description)
     parser.add_argument("--out", default="demo" if faces else "demo_poses", help="output folder")
     parser.add_argument("--steps_scale", type=float, default=1.0,
-                        help="multiply every stage's training steps (1.0: the figures in the README)")
+                        help="multiply every stage's training steps (1.0: the figures in the README and docs/results.md)")
     parser.add_argument("--n_show", type=int, default=8 if faces else 6,
                         help="held-out items in edits.png / poses.png")
     parser.add_argument("--n_compare", type=int, default=16, help="held-out items in the comparison")

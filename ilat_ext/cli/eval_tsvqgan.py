@@ -40,7 +40,7 @@ def evaluate(model, dataset, num: int, batch_size: int = 8):
     for batch in tqdm(loader, desc="evaluating"):
         x = model.get_input(batch, model.image_key).to(device)
         if model.mask_key not in batch:
-            raise KeyError(f"the validation data has no '{model.mask_key}': wrap it in ilat_ext.data.masked.MaskedDataset")
+            raise KeyError(f"the validation data has no '{model.mask_key}': wrap it in ilat_ext.data.mask_sources.MaskedDataset")
         mask = model.get_input(batch, model.mask_key).to(device)
         eq4 = model(x, mask)[0].clamp(-1, 1)
         quantized = model.decode(model.encode_quantized(x, mask)[0]).clamp(-1, 1)

@@ -5,14 +5,14 @@
 
 Writes 00000.png, 00001.png, ... (DeepFill-v2-style brush strokes covering a fraction of the
 image drawn uniformly in --area) and `masks.flist` (one name per line, relative to the list: the
-release's format, usable as a `mask_list` of `ilat_ext.data.masked.MaskSource`). The same seed
+release's format, usable as a `mask_list` of `ilat_ext.data.mask_sources.MaskSource`). The same seed
 writes the same masks.
 """
 import argparse
 import sys
 
 from ilat_ext.cli import ArgumentParser
-from ilat_ext.data.masked import write_free_form_masks
+from ilat_ext.data.mask_sources import write_free_form_masks
 
 
 def main(argv=None) -> int:

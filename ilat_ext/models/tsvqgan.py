@@ -11,7 +11,7 @@ kept is reconstructed without quantisation error. The authors' release leaks thr
 statistics and never reaches Eq. 4 with its configs (FACTS.md); ours does both.
 
 Training: stage 1 without masks (`use_masks: false`, a plain VQGAN), stage 2 with masks from the
-batch (`use_masks: true`; see `ilat_ext.data.masked` for free-form and file masks with a mix of
+batch (`use_masks: true`; see `ilat_ext.data.mask_sources` for free-form and file masks with a mix of
 partial, empty and full masks). Same Lightning-2 manual optimisation as `ilat_ext.models.VQModel`.
 """
 from typing import Optional, Sequence, Tuple
