@@ -7,7 +7,7 @@ check their arguments at once.
 """
 import importlib
 
-from ilat_ext.compat import install_taming_main_alias, install_taming_main_finder
+from ilat_ext.compat import install_taming_main_finder
 
 __version__ = "0.1.0"
 
@@ -23,7 +23,7 @@ _EXPORTS = {
     "VQModel": "ilat_ext.models", "TSEncoder": "ilat_ext.modules.encoder",
 }
 
-__all__ = ["__version__", "install_taming_main_alias", *_EXPORTS]
+__all__ = ["__version__", *_EXPORTS]
 
 
 def __getattr__(name: str):

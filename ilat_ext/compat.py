@@ -10,25 +10,11 @@ Nothing in site-packages is edited.
 
 `install_taming_main_finder` (run by `import ilat_ext`) does it lazily: an import hook answers
 `import taming.main` with `ilat_ext.main`, so Lightning is imported only when taming's modules are.
-`install_taming_main_alias` does it at once.
 """
 import importlib
 import importlib.abc
 import importlib.util
 import sys
-
-
-def install_taming_main_alias() -> None:
-    """Point `taming.main` at `ilat_ext.main`. Idempotent."""
-    import taming
-
-    import ilat_ext.main as port
-
-    current = sys.modules.get("taming.main")
-    if current is port:
-        return
-    sys.modules["taming.main"] = port
-    taming.main = port
 
 
 class _TamingMainAlias(importlib.abc.MetaPathFinder, importlib.abc.Loader):

@@ -9,7 +9,7 @@ import scipy.io
 import torch
 
 from ilat_ext.data.penn_action import PennAction, frame_name, read_label
-from ilat_ext.data.pose import normalise_pose, pair_mask
+from ilat_ext.pose_geometry import normalise_pose, pair_mask
 
 H, W = 60, 80  # frames are 80 wide, 60 tall
 # video -> (train flag, label rows, frames on disk)

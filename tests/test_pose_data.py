@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from ilat_ext.data.pose import (
-    check_pose, load_pose_json, make_pair_item, normalise_pose, pair_mask, resize_image, resize_pose, save_pose_json,
-    scale_pose, square_resize_params,
+    load_pose_json, make_pair_item, resize_image, resize_pose, save_pose_json, scale_pose, square_resize_params,
 )
+from ilat_ext.pose_geometry import check_pose, normalise_pose, pair_mask
 from tests.helpers import standing_pose
 
 

@@ -10,7 +10,8 @@ import cv2
 import numpy as np
 import pytest
 
-from ilat_ext.data.pose import load_pose_json, pair_mask, render_skeleton
+from ilat_ext.data.pose import load_pose_json
+from ilat_ext.pose_geometry import pair_mask, render_skeleton
 from ilat_ext.data.sdf import SDFPairs, build_sdf, openpose18_to_penn13, read_keypoints
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -3,7 +3,7 @@ pair mask the condition and target frames are the same pixels."""
 import numpy as np
 import pytest
 
-from ilat_ext.data.pose import (
+from ilat_ext.pose_geometry import (
     L_HIP, L_SHOULDER, R_HIP, R_SHOULDER, HEAD, normalise_pose, pair_mask, pose_mask, render_skeleton,
 )
 from ilat_ext.data.toy_pose import SPLITS, ToyPoses

@@ -35,10 +35,8 @@ import numpy as np
 import torch
 
 from ilat_ext.apps.image_io import read_image_rgb, rgb_frames, uint8_to_tensor, write_rgb
-from ilat_ext.data.pose import (
-    JOINT_NAMES, NUM_JOINTS, check_pose, clean_pose, draw_skeleton_overlay, load_pose_json,
-    pose_from_list, resize_image,
-)
+from ilat_ext.data.pose import load_pose_json, pose_from_list, resize_image
+from ilat_ext.pose_geometry import JOINT_NAMES, NUM_JOINTS, check_pose, clean_pose, draw_skeleton_overlay
 from ilat_ext.runs import check_input_size, load_run, model_input_size, resize_mode_of
 
 PoseSource = Union[str, os.PathLike, Tuple[Union[str, os.PathLike], int]]
@@ -136,28 +134,19 @@ def read_pose(source: PoseSource, height: int, width: int) -> np.ndarray:
     return load_pose_json(source, height, width)
 
 
-def _unwrap(data, key: str, name: str):
-    """data[key] of a JSON object (ValueError naming `name` when it has no such key), else data as it is."""
-    if not isinstance(data, dict):
-        return data
-    if key not in data:
-        raise ValueError(f"{name}: a JSON object needs a {key!r} key, found {sorted(data)}")
-    return data[key]
-
-
 def read_pose_list(path: str, height: int, width: int) -> List[np.ndarray]:
     """The poses of a JSON file holding a list of poses, or {"poses": [...]}; each pose is 13
     [x, y, visibility] triples or {"joints": [...]}. Checked like `read_pose`, naming the pose's index."""
-    from ilat_ext.data.pose import read_json
+    from ilat_ext.data.pose import read_json, unwrap_json
 
     path = os.fspath(path)
-    data = _unwrap(read_json(path, "pose list file"), "poses", f"pose list file {path!r}")
+    data = unwrap_json(read_json(path, "pose list file"), "poses", f"pose list file {path!r}")
     if not isinstance(data, list) or not data:
         raise ValueError(f"pose list file {path!r} must hold a non-empty list of poses")
     poses = []
     for i, item in enumerate(data):
         name = f"pose list file {path!r}, pose {i}"
-        array = pose_from_list(_unwrap(item, "joints", name), name=name)
+        array = pose_from_list(unwrap_json(item, "joints", name), name=name)
         if np.isnan(array[:, 2]).any():
             raise ValueError(f"{name}: visibility must be a number, found null")
         array[:, 2] = array[:, 2] > 0

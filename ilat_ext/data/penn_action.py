@@ -50,9 +50,8 @@ import scipy.io
 import torch
 
 from ilat_ext.data.checks import check_item_index
-from ilat_ext.data.pose import (
-    NUM_JOINTS, RESIZE_MODES, check_choice, check_mask_kwargs, clean_pose, make_pair_item, resize_image, resize_pose,
-)
+from ilat_ext.data.pose import RESIZE_MODES, check_choice, make_pair_item, resize_image, resize_pose
+from ilat_ext.pose_geometry import NUM_JOINTS, check_mask_kwargs, clean_pose
 
 SPLITS = ("train", "test")
 _STREAM_TAG = 0x7E11  # keeps the test-pair stream apart from other seeded generators

@@ -2,7 +2,7 @@
 frames with their poses, and the item layout the pose datasets share.
 
 The geometry (joint tables, pose checks, skeletons, pose masks, normalisation, limbs on a grid)
-is `ilat_ext.pose_geometry`; its names are importable from here too, for the datasets.
+is `ilat_ext.pose_geometry`.
 """
 import json
 import os
@@ -11,12 +11,7 @@ from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 import cv2
 import numpy as np
 
-from ilat_ext.pose_geometry import (  # noqa: F401  (re-exported for the datasets)
-    DEFAULT_MASK_KWARGS, HEAD, JOINT_INDEX, JOINT_NAMES, L_ANKLE, L_ELBOW, L_HIP, L_KNEE, L_SHOULDER, L_WRIST,
-    LIMB_COLOURS, LIMBS, NUM_JOINTS, R_ANKLE, R_ELBOW, R_HIP, R_KNEE, R_SHOULDER, R_WRIST, TORSO,
-    check_image_size, check_mask_kwargs, check_pose, clean_pose, draw_skeleton_overlay, limb_map, limb_warp,
-    normalise_pose, pair_mask, pose_array, pose_dilation_kernel, pose_mask, render_skeleton, warp_image,
-)
+from ilat_ext.pose_geometry import JOINT_NAMES, NUM_JOINTS, check_image_size, check_mask_kwargs, check_pose, normalise_pose, pair_mask, pose_array, render_skeleton
 
 RESIZE_MODES = ("stretch", "pad")
 
@@ -56,6 +51,15 @@ def read_json(path, what: str = "JSON file"):
         raise ValueError(f"{what} {path!r} is not valid JSON: {e}") from None
 
 
+def unwrap_json(data, key: str, name: str):
+    """data[key] of a JSON object (ValueError naming `name` when it has no such key), else data as it is."""
+    if not isinstance(data, dict):
+        return data
+    if key not in data:
+        raise ValueError(f"{name}: a JSON object needs a {key!r} key, found {sorted(data)}")
+    return data[key]
+
+
 def load_pose_json(path, height: int, width: int) -> np.ndarray:
     """Validated float32 (13, 3) pose from a JSON file for a (height, width) image.
 
@@ -66,11 +70,7 @@ def load_pose_json(path, height: int, width: int) -> np.ndarray:
     """
     path = os.fspath(path)
     data = read_json(path, "pose file")
-    if isinstance(data, dict):
-        if "joints" not in data:
-            raise ValueError(f"pose file {path!r}: a JSON object needs a 'joints' key, found {sorted(data)}")
-        data = data["joints"]
-    array = pose_from_list(data, name=f"pose file {path!r}")
+    array = pose_from_list(unwrap_json(data, "joints", f"pose file {path!r}"), name=f"pose file {path!r}")
     with np.errstate(invalid="ignore"):
         if np.isnan(array[:, 2]).any():
             raise ValueError(f"pose file {path!r}: visibility must be a number, found null")

@@ -59,9 +59,9 @@ from ilat_ext.data.checks import check_item_index
 from ilat_ext.data.folder import find_images, read_flist, read_rgb
 from ilat_ext.data.penn_action import read_frame
 from ilat_ext.data.pose import (
-    NUM_JOINTS, check_choice, check_mask_kwargs, clean_pose, load_pose_json, make_pair_item, pose_from_list,
-    resize_image, resize_pose, save_pose_json, scale_pose,
+    check_choice, load_pose_json, make_pair_item, pose_from_list, resize_image, resize_pose, save_pose_json, scale_pose,
 )
+from ilat_ext.pose_geometry import NUM_JOINTS, check_mask_kwargs, clean_pose
 
 SPLITS = ("train", "test")
 _STREAM_TAG = 0x5DF0

@@ -31,10 +31,10 @@ import cv2
 import numpy as np
 import torch
 
-from ilat_ext.data.pose import (
-    HEAD, L_ANKLE, L_ELBOW, L_HIP, L_KNEE, L_SHOULDER, L_WRIST, LIMBS, NUM_JOINTS,
-    R_ANKLE, R_ELBOW, R_HIP, R_KNEE, R_SHOULDER, R_WRIST, TORSO,
-    check_mask_kwargs, check_pose, make_pair_item,
+from ilat_ext.data.pose import make_pair_item
+from ilat_ext.pose_geometry import (
+    HEAD, L_ANKLE, L_ELBOW, L_HIP, L_KNEE, L_SHOULDER, L_WRIST, LIMBS, NUM_JOINTS, R_ANKLE, R_ELBOW, R_HIP, R_KNEE,
+    R_SHOULDER, R_WRIST, TORSO, check_mask_kwargs, check_pose,
 )
 
 SPLITS = ("train", "validation", "test")

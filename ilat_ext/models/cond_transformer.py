@@ -29,7 +29,7 @@ from typing import Optional, Sequence, Tuple, Union
 import torch
 import torch.nn.functional as F
 
-import ilat_ext.compat  # noqa: F401  (makes taming.models importable on Lightning 2)
+import ilat_ext  # noqa: F401  (its taming.main hook makes taming.models importable on Lightning 2)
 from taming.models.cond_transformer import Net2NetTransformer as _UpstreamNet2Net
 
 from ilat_ext.masks import check_pixel_mask, la_attention_mask, la_causal_positions, latent_mask
@@ -37,9 +37,8 @@ from ilat_ext.models.base import CheckpointMixin
 from ilat_ext.models.options import ConditioningOptions, aligned_features, build_aligned, init_grid_positions
 from ilat_ext.models.options import reject_options
 from ilat_ext.models.schedule import TransformerOptimization, check_schedule
-from ilat_ext.models.stages import SOSProvider, freeze, stage_grid  # noqa: F401  (stage_grid: importable here)
+from ilat_ext.models.stages import SOSProvider, freeze
 from ilat_ext.models.token_training import TokenTraining
-from ilat_ext.modules.position_codes import grid_codes, position_codes  # noqa: F401  (importable here as before)
 from ilat_ext.modules.sampling import SampleResult, sample_tokens
 from ilat_ext.util import instantiate_from_config
 
@@ -104,11 +103,14 @@ class TamingTransformer(TokenTraining, TransformerOptimization, CheckpointMixin,
         if ckpt_path is not None:
             self.init_from_ckpt(ckpt_path, ignore_keys=ignore_keys)
 
+    @property
+    def pos_emb_init(self) -> Optional[str]:
+        return self.conditioning.pos_emb_init
+
     def build_modules(self) -> None:
         """The conditioning options' modules (`aligned_emb`, `aligned_conv`) and the grid start of
         the positions. Subclasses extend it (call super first: the parameters' random start follows
         the order they are made in)."""
-        self.pos_emb_init = self.conditioning.pos_emb_init
         if self.pos_emb_init == "grid":
             init_grid_positions(self)
         self.aligned_emb, self.aligned_conv = build_aligned(self, self.conditioning)

@@ -33,7 +33,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ilat_ext.masks import LA_LAYOUTS, la_attention_mask
-from ilat_ext.models.cond_transformer import TamingTransformer, freeze
+from ilat_ext.models.cond_transformer import TamingTransformer
+from ilat_ext.models.stages import freeze
 from ilat_ext.util import instantiate_from_config
 
 

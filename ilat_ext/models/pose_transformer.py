@@ -37,9 +37,7 @@ from ilat_ext.models.options import PoseOptions
 from ilat_ext.models.stages import stage_grid
 from ilat_ext.modules.position_codes import position_codes
 from ilat_ext.modules.pointmlp import PointMLP
-from ilat_ext.pose_geometry import (  # noqa: F401  (limb_warp: importable here as before)
-    LIMBS, NUM_JOINTS, check_pose, limb_map, limb_warp, normalise_pose, pair_mask, warp_image,
-)
+from ilat_ext.pose_geometry import LIMBS, NUM_JOINTS, check_pose, limb_map, normalise_pose, pair_mask, warp_image
 
 
 class PoseILATTransformer(ILATTransformer):
@@ -80,7 +78,6 @@ class PoseILATTransformer(ILATTransformer):
         super().build_modules()
         options = self.pose_options
         self.point_mlp = PointMLP(self.transformer.n_embd, NUM_JOINTS, 3, *self._pointmlp_args)
-        self.joint_position_codes = options.joint_position_codes
         self.pose_grid = stage_grid(self.first_stage_model)
         self.pose_map_conv = None
         if options.pose_map:
@@ -89,8 +86,18 @@ class PoseILATTransformer(ILATTransformer):
             self.pose_map_conv = nn.Conv2d(len(LIMBS), self.transformer.n_embd, 3, padding=1)
             nn.init.zeros_(self.pose_map_conv.weight)
             nn.init.zeros_(self.pose_map_conv.bias)
-        self.warp_reference = options.warp_reference
-        self.warp_reach = float(options.warp_reach)
+
+    @property
+    def joint_position_codes(self) -> bool:
+        return self.pose_options.joint_position_codes
+
+    @property
+    def warp_reference(self) -> bool:
+        return self.pose_options.warp_reference
+
+    @property
+    def warp_reach(self) -> float:
+        return float(self.pose_options.warp_reach)
 
     # ------------------------------------------------------------------ condition
     def _batch_pose(self, batch, key: str, why: str):

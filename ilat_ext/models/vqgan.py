@@ -23,7 +23,7 @@ from typing import List, Optional, Sequence, Tuple
 
 import pytorch_lightning as pl
 import torch
-import ilat_ext.compat  # noqa: F401  (makes taming.models importable on Lightning 2)
+import ilat_ext  # noqa: F401  (its taming.main hook makes taming.models importable on Lightning 2)
 from taming.models.vqgan import VQModel as _UpstreamVQModel
 from taming.modules.vqvae.quantize import VectorQuantizer
 
