@@ -16,8 +16,18 @@ from typing import Any, List, Mapping, Optional, Tuple
 
 from omegaconf import DictConfig, OmegaConf
 
-from ilat_ext.checkpoint import load_checkpoint, load_state_dict_report
+from ilat_ext.checkpoint import UnsafeCheckpointError, load_checkpoint, load_state_dict_report
 from ilat_ext.util import instantiate_from_config
+
+
+class RunError(ValueError):
+    """A run that cannot be loaded as it is on disk (a truncated checkpoint, one that does not fit
+    the run's config, or one the safe loader refuses); the message is one line naming the file."""
+
+
+def _one_line(message: str, keep: int = 400) -> str:
+    text = " ".join(part.strip() for part in str(message).splitlines() if part.strip())
+    return text if len(text) <= keep else text[:keep - 3] + "..."
 
 
 def resolve_run(path: str) -> Tuple[str, str]:
@@ -51,7 +61,9 @@ def load_run(path: str, unsafe: Optional[bool] = None, eval_mode: bool = True):
     """Build the run's model from its saved config and load its checkpoint through the safe loader.
 
     Returns (model, config). The model's own `ckpt_path` (initial weights of the run) is not
-    re-read: the checkpoint holds every weight. Missing or unexpected keys raise.
+    re-read: the checkpoint holds every weight. Raises FileNotFoundError (no such run), and
+    `RunError` for a checkpoint that is truncated or not a checkpoint, carries pickled code (refused
+    unless `unsafe`), or whose keys or shapes do not fit the config (missing or unexpected keys).
     """
     logdir, ckpt = resolve_run(path)
     config = run_config(logdir)
@@ -63,8 +75,15 @@ def load_run(path: str, unsafe: Optional[bool] = None, eval_mode: bool = True):
         if isinstance(params.get(stage), dict):
             params[stage].get("params", {}).pop("ckpt_path", None)
     model = instantiate_from_config(model_cfg)
-    checkpoint = load_checkpoint(ckpt, unsafe=unsafe)
-    load_state_dict_report(model, checkpoint["state_dict"], strict=True, source=ckpt)
+    try:
+        checkpoint = load_checkpoint(ckpt, unsafe=unsafe)
+        if "state_dict" not in checkpoint:
+            raise RunError(f"checkpoint {ckpt} has no state_dict (keys: {sorted(checkpoint)[:8]})")
+        load_state_dict_report(model, checkpoint["state_dict"], strict=True, source=ckpt)
+    except UnsafeCheckpointError as err:
+        raise RunError(_one_line(err).replace("`--unsafe-load`", "`--unsafe_load`")) from None
+    except (RuntimeError, TypeError, EOFError) as err:
+        raise RunError(f"run {path!r}: {_one_line(err)}") from None
     model.build_config = model_cfg
     return (model.eval() if eval_mode else model), config
 
@@ -122,6 +141,20 @@ def sketch_style_of(config) -> str:
         if name == "FaceDataset":
             return "release"
     return "release"
+
+
+CROP_DATASETS = ("CustomTrain", "CustomTest", "ImageNetTrain", "ImageNetValidation", "ImageNetSR")
+
+
+def trained_on_whole_images(config) -> bool:
+    """Whether the run saw whole images (aligned faces: ToyFaces, FaceDataset, ImageFolder) rather
+    than random crops of larger ones (taming's CustomTrain, ImageNet, or any dataset with
+    `random_crop: true`); decides `--region auto` in face editing. True without a config."""
+    for dataset in training_datasets(config):
+        name = str(dataset.get("target", "")).rsplit(".", 1)[-1]
+        if name in CROP_DATASETS or (dataset.get("params") or {}).get("random_crop") is True:
+            return False
+    return True
 
 
 def resize_mode_of(config) -> str:

@@ -99,8 +99,9 @@ def test_compare_table_grid_and_local_decoding(runs, tmp_path, no_inception):
 
     out = tmp_path / "out"
     grid = Image.open(out / "grid.png")
-    width, height = grid.size   # input | mask | condition | 4 methods, 64 px shown at 128, a label strip on top
-    assert width == 7 * 128 and 4 * 128 < height < 4 * 128 + 64
+    # input | mask | condition | 4 methods, each with its pasted column; 64 px shown at 128, a label strip on top
+    width, height = grid.size
+    assert width == 11 * 128 and 4 * 128 < height < 4 * 128 + 64
     with open(out / "metrics.csv") as f:
         assert [r["method"] for r in csv.DictReader(f)] == ["Taming", "Taming*", "iLAT", "Eq4 recon"]
     md = (out / "metrics.md").read_text()
@@ -141,7 +142,7 @@ def test_cli_writes_outputs_and_reports_bad_input(runs, tmp_path, capsys, no_inc
     printed = capsys.readouterr().out
     assert "| Taming |" in printed and "| iLAT |" in printed
     width, height = Image.open(out / "grid.png").size
-    assert width == 5 * 128 and 2 * 128 < height < 2 * 128 + 64
+    assert width == 7 * 128 and 2 * 128 < height < 2 * 128 + 64      # 3 + 2 methods x (decode, pasted)
 
     def error(args):
         rc = main(["--n", "2", "--out", str(tmp_path / "err"), "--device", "cpu", "--no_fid"] + args)

@@ -21,7 +21,7 @@ def test_face_demo_writes_edits_and_table(tmp_path):
     for path in ("edits.png", "edits.md", "comparison/grid.png", "comparison/metrics.md", "comparison/metrics.csv"):
         assert os.path.isfile(os.path.join(out, path)), path
     width, height = Image.open(os.path.join(out, "edits.png")).size
-    assert width > 7 * 64 and 2 * 64 < height < 3 * 64      # 7 columns (... iLAT | ceiling), 2 faces
+    assert width > 8 * 64 and 2 * 64 < height < 3 * 64      # 8 columns (... iLAT | ceiling | iLAT pasted), 2 faces
     with open(os.path.join(out, "edits.md")) as f:
         text = f.read()
     assert "| ceiling |" in text and "of 3 held-out faces (the grid shows the first 2)" in text
@@ -100,8 +100,8 @@ def test_pose_demo_writes_poses_sequence_and_table(tmp_path):
                  "comparison/metrics.md"):
         assert os.path.isfile(os.path.join(out, path)), path
     assert any("PSNR outside the masks" in line for line in lines)
-    with Image.open(os.path.join(out, "poses.png")) as grid:   # 8 columns: the toy configs warp the reference
-        assert grid.size[0] == 8 * 64 + 7 * 2
+    with Image.open(os.path.join(out, "poses.png")) as grid:   # 9 columns: the toy configs warp the reference; iLAT pasted last
+        assert grid.size[0] == 9 * 64 + 8 * 2
 
 
 def test_stroke_table_tells_a_face_that_follows_the_strokes_from_one_that_does_not():

@@ -10,7 +10,7 @@ import torch
 from omegaconf import OmegaConf
 
 from ilat_ext.apps import edit
-from ilat_ext.apps.image_io import paste_into_original, tensor_to_uint8, write_rgb
+from ilat_ext.apps.image_io import tensor_to_uint8
 from ilat_ext.data import ToyFaces
 from ilat_ext.data.image_files import resize_square
 from ilat_ext.data.folder import read_rgb
@@ -71,7 +71,7 @@ def test_script_writes_the_edit_and_a_six_column_labelled_grid(runs, script, tmp
     image, mask, strokes = _face_files(str(tmp_path))
     out, grid = str(tmp_path / "result.png"), str(tmp_path / "grid.png")
     rc = script(["--run", runs["ilat"], "--image", image, "--mask", mask, "--strokes", strokes, "--out", out,
-                 "--taming", runs["taming"], "--grid", grid, "--device", "cpu"])
+                 "--taming", runs["taming"], "--grid", grid, "--device", "cpu", "--model_size"])
     assert rc == 0
     assert "toy XDoG" in capsys.readouterr().out      # the toy run's sketches are made like ToyFaces'
     assert _rgb(out).shape == (64, 64, 3)
@@ -112,7 +112,7 @@ def test_sketch_flag_uses_the_given_sketch_and_xdog_flag_the_named_style(runs, s
     sketch = _write(str(tmp_path / "sketch.png"), full)
     out, grid = str(tmp_path / "s.png"), str(tmp_path / "s_grid.png")
     assert script(["--run", runs["ilat"], "--image", image, "--mask", mask, "--sketch", sketch, "--out", out,
-                   "--grid", grid, "--device", "cpu"]) == 0
+                   "--grid", grid, "--device", "cpu", "--model_size"]) == 0
     capsys.readouterr()
     expected = _library_columns(runs, image, mask, sketch=sketch, taming=False)
     g = _rgb(grid)
@@ -122,7 +122,7 @@ def test_sketch_flag_uses_the_given_sketch_and_xdog_flag_the_named_style(runs, s
     assert np.array_equal(expected["sketch"][:, :, 0], resize_square(full, 64))   # the file itself, resized
     out_x, grid_x = str(tmp_path / "x.png"), str(tmp_path / "x_grid.png")
     assert script(["--run", runs["ilat"], "--image", image, "--mask", mask, "--strokes", strokes, "--out", out_x,
-                   "--grid", grid_x, "--xdog", "resized", "--device", "cpu"]) == 0
+                   "--grid", grid_x, "--xdog", "resized", "--device", "cpu", "--model_size"]) == 0
     assert "resized XDoG" in capsys.readouterr().out
     resized = _library_columns(runs, image, mask, strokes, style="resized", taming=False)
     toy = _library_columns(runs, image, mask, strokes, style="toy", taming=False)
@@ -155,18 +155,14 @@ def test_argument_errors_exit_2_with_one_line_naming_the_problem(script, capsys,
     assert err[-1].startswith("ilat-edit-face: error: ") and message in err[-1], err
 
 
-def test_empty_mask_gives_the_input_bit_exactly(runs, script, tmp_path, capsys):
+def test_empty_mask_is_an_error_and_writes_nothing(runs, script, tmp_path, capsys):
     image, mask, strokes = _face_files(str(tmp_path), empty=True)
-    out, full = str(tmp_path / "result.png"), str(tmp_path / "full.png")
+    out = str(tmp_path / "result.png")
     assert script(["--run", runs["ilat"], "--image", image, "--mask", mask, "--strokes", strokes, "--out", out,
-                   "--device", "cpu"]) == 0
-    assert "mask is empty" in capsys.readouterr().out
-    reference = str(tmp_path / "reference.png")
-    write_rgb(reference, read_rgb(image, 64))    # the resized input, written the same way
-    assert np.array_equal(_rgb(out), _rgb(reference))
-    assert script(["--run", runs["ilat"], "--image", image, "--mask", mask, "--strokes", strokes, "--out", full,
-                   "--keep_size", "--seed", "3", "--top_k", "5"]) == 0
-    assert np.array_equal(_rgb(full), _rgb(image))    # --keep_size: the original file's pixels
+                   "--device", "cpu"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "covers nothing" in err[0] and mask in err[0]
+    assert not os.path.exists(out)
 
 
 def test_library_edit_keeps_tokens_outside_the_token_mask(runs, tmp_path):
@@ -175,7 +171,8 @@ def test_library_edit_keeps_tokens_outside_the_token_mask(runs, tmp_path):
     editor = edit.load_editor(runs["ilat"], "cpu")
     assert (editor.size, editor.sketch_style) == (64, "toy")
     edited = edit.prepare_inputs(*_face_files(str(tmp_path / "a")), editor.size, editor.sketch_style)
-    idle = edit.prepare_inputs(*_face_files(str(tmp_path / "b"), 1, empty=True), editor.size)
+    idle = edit.prepare_inputs(*_face_files(str(tmp_path / "b"), 1, empty=True), editor.size,
+                               options=edit.ReadOptions(allow_empty=True))
     inputs = edit.EditInputs.stack([edited, idle])
     assert inputs.x.shape == (2, 3, 64, 64) and inputs.sketch.shape == (2, 1, 64, 64)
     for kwargs in ({}, {"greedy": False, "top_k": 4, "seed": 0}):
@@ -187,10 +184,9 @@ def test_library_edit_keeps_tokens_outside_the_token_mask(runs, tmp_path):
         cells = latent_mask(inputs.mask, editor.model.first_stage_factor).reshape(2, -1)
         assert torch.equal(cells, result.token_mask)
         assert torch.equal(result.image[1], inputs.x[1])
-    # --keep_size: the edit is pasted into the source image inside the user's mask only
-    pasted, outside_square = paste_into_original(edited.originals[0], edited.masks_full[0],
-                                                 tensor_to_uint8(result.image)[0])
-    assert pasted.shape == (H, W, 3) and outside_square == 0
+    # the default output: the edit pasted into the source image inside the user's mask only
+    pasted = edit.paste_results(edited, result.image[:1])[0]
+    assert pasted.shape == (H, W, 3)
     assert np.array_equal(pasted[~edited.masks_full[0]], edited.originals[0][~edited.masks_full[0]])
     assert not np.array_equal(pasted, edited.originals[0])
     # the sketch is the strokes inside the mask and the toy-style XDoG outside it
@@ -226,11 +222,11 @@ def test_batch_mode_skips_and_counts(runs, script, tmp_path, capsys):
     assert rc == 0
     summary = capsys.readouterr().out.strip().splitlines()[-1]
     assert "2 edited" in summary and "1 no mask" in summary and "1 not an image" in summary
-    assert "1 unreadable or wrong size" in summary
+    assert "1 unreadable or unusable" in summary
     assert sorted(os.listdir(out)) == ["a.png", "b.png", "grids"]
     assert sorted(os.listdir(os.path.join(out, "grids"))) == ["a.png", "b.png"]
-    assert _rgb(os.path.join(out, "a.png")).shape == (64, 64, 3)
-    assert _rgb(os.path.join(out, "grids", "a.png")).shape[1] == 4 * 64 + 3 * 2   # no --taming: 4 columns
+    assert _rgb(os.path.join(out, "a.png")).shape == (H, W, 3)                   # the source's size
+    assert _rgb(os.path.join(out, "grids", "a.png")).shape[1] == 5 * 64 + 4 * 2   # input | mask | sketch | iLAT | result
 
 
 def test_clear_errors(runs, script, tmp_path, capsys):

@@ -96,7 +96,8 @@ def _rgb(path):
 def test_library_keeps_the_reference_tokens_outside_the_mask(runs, inputs):
     run = pg.load_pose_model(runs["ilat"], "cpu")
     assert (run.size, run.resize) == (64, "stretch")
-    reference, (h, w) = pg.read_reference(inputs["image"], run.size, run.resize)
+    reference, photo = pg.read_reference(inputs["image"], run.size, run.resize)
+    h, w = photo.shape
     assert reference.shape == (1, 3, 64, 64) and (h, w) == (H, W)
     ref = resize_pose(pg.read_pose(inputs["ref"], h, w), h, w, run.size)
     tgt = resize_pose(pg.read_pose(inputs["target"], h, w), h, w, run.size)
@@ -124,7 +125,7 @@ def test_single_image_and_grid_with_baseline(runs, inputs, script, capsys, tmp_p
     out, grid = str(tmp_path / "out.png"), str(tmp_path / "grid.png")
     assert script(["--run", runs["ilat"], "--image", inputs["image"], "--ref_pose", inputs["ref"], "--target_pose",
                    inputs["target"], "--out", out, "--grid", grid, "--baseline", runs["taming"],
-                   "--device", "cpu"]) == 0
+                   "--device", "cpu", "--model_size"]) == 0
     said = capsys.readouterr().out
     assert "PSNR outside the mask" in said and " dB" in said
     assert _rgb(out).shape == (64, 64, 3)
@@ -139,7 +140,8 @@ def test_single_image_and_grid_with_baseline(runs, inputs, script, capsys, tmp_p
     assert np.array_equal(image[:header], labels)             # the same labels, in this order
     # the warped column is the frame the model was conditioned on
     run = pg.load_pose_model(runs["ilat"], "cpu")
-    reference, (h, w) = pg.read_reference(inputs["image"], run.size, run.resize)
+    reference, photo = pg.read_reference(inputs["image"], run.size, run.resize)
+    h, w = photo.shape
     ref, target = (resize_pose(pg.read_pose(inputs[k], h, w), h, w, run.size, run.resize) for k in ("ref", "target"))
     warped = to_uint8(run.model.condition_image_px(reference, ref, [target]))[0]
     assert np.array_equal(image[header:, 3 * 66:3 * 66 + 64], warped)
@@ -149,7 +151,8 @@ def test_single_image_and_grid_with_baseline(runs, inputs, script, capsys, tmp_p
 def test_sequence_of_three_poses(runs, inputs, script, capsys, tmp_path):
     out_dir = str(tmp_path / "seq")
     assert script(["--run", runs["ilat"], "--image", inputs["image"], "--ref_pose", inputs["ref"], "--target_poses",
-                   inputs["poses"], "--out_dir", out_dir, "--batch_size", "2", "--quiet", "--device", "cpu"]) == 0
+                   inputs["poses"], "--out_dir", out_dir, "--batch_size", "2", "--quiet", "--device", "cpu",
+                   "--model_size"]) == 0
     said = capsys.readouterr().out
     assert said.count("dB") == 1 and said.count(", ") >= 2
     frames = ["frame_000.png", "frame_001.png", "frame_002.png"]
@@ -157,7 +160,8 @@ def test_sequence_of_three_poses(runs, inputs, script, capsys, tmp_path):
     assert written - {"sequence.mp4"} == set(frames) | {"sequence.gif", "strip.png"}
     # each frame is the library's synthesis of that pose (the same batches of 2, greedy)
     run = pg.load_pose_model(runs["ilat"], "cpu")
-    reference, (h, w) = pg.read_reference(inputs["image"], run.size, run.resize)
+    reference, photo = pg.read_reference(inputs["image"], run.size, run.resize)
+    h, w = photo.shape
     ref = resize_pose(pg.read_pose(inputs["ref"], h, w), h, w, run.size, run.resize)
     targets = [resize_pose(p, h, w, run.size, run.resize) for p in pg.read_pose_list(inputs["poses"], h, w)]
     expected, _ = pg.synthesize_sequence(run.model, reference, ref, targets, batch_size=2)
@@ -225,7 +229,8 @@ def test_blend_into_reference_keeps_the_reference_outside_the_mask_and_the_synth
 
 
 def test_paste_back_flag_writes_the_references_pixels_outside_the_mask(runs, inputs, script, capsys, tmp_path):
-    common = ["--run", runs["ilat"], "--image", inputs["image"], "--ref_pose", inputs["ref"], "--device", "cpu"]
+    common = ["--run", runs["ilat"], "--image", inputs["image"], "--ref_pose", inputs["ref"], "--device", "cpu",
+              "--model_size"]
     plain, pasted = str(tmp_path / "plain.png"), str(tmp_path / "pasted.png")
     assert script(common + ["--target_pose", inputs["target"], "--out", plain]) == 0
     said_plain = capsys.readouterr().out
@@ -236,7 +241,8 @@ def test_paste_back_flag_writes_the_references_pixels_outside_the_mask(runs, inp
     # the model's own PSNR outside the mask is still reported, the same as without the flag
     assert said_plain.split("PSNR outside the mask ")[1].split(" dB")[0] in said
     run = pg.load_pose_model(runs["ilat"], "cpu")
-    reference, (h, w) = pg.read_reference(inputs["image"], run.size, run.resize)
+    reference, photo = pg.read_reference(inputs["image"], run.size, run.resize)
+    h, w = photo.shape
     ref = resize_pose(pg.read_pose(inputs["ref"], h, w), h, w, run.size)
     tgt = resize_pose(pg.read_pose(inputs["target"], h, w), h, w, run.size)
     mask = run.model.masks_for(ref, tgt, 64, 64)[0, 0].cpu().numpy() > 0.5
@@ -288,7 +294,7 @@ def test_penn_action_label_file(runs, inputs, script, capsys, tmp_path):
     out = str(tmp_path / "one.png")
     assert script(["--run", runs["ilat"], "--image", inputs["image"], "--ref_pose", inputs["ref"], "--target_label",
                    inputs["label"], "--target_frame", "3", "--out", out, "--device", "cpu"]) == 0
-    assert _rgb(out).shape == (64, 64, 3)
+    assert _rgb(out).shape == (H, W, 3)                       # the reference photo's size
     capsys.readouterr()
 
 

@@ -11,7 +11,9 @@ the tokens it regenerated), such as the models' `EditResult`. `model_method` wra
 
 `compare(methods, dataset, out_dir)` runs every method on the first `n` items and writes
 
-    grid.png      rows = items, columns = input | mask | condition | each method, labelled on top
+    grid.png      rows = items, columns = input | mask | condition | each method's decode and, next to
+                  it, "<method> pasted": the decode inside the mask and the input outside (what
+                  a user of `ilat-edit-face` gets back), labelled on top
     metrics.csv   one row per method (the returned table)
     metrics.md    the same as a markdown table (also reported, see `compare`'s `log`)
     images/       per-item PNGs per column (save_images=True)
@@ -200,7 +202,7 @@ def build_dataset(data: str, n: int = 16, size: int = 64, seed: int = 0):
 
 COLUMNS = ("method", "psnr", "ssim", "mae", "psnr_unmasked", "fid", "sec_per_image", "tokens_regenerated", "n")
 HEADERS = {"method": "Method", "psnr": "PSNR (dB) ↑", "ssim": "SSIM ↑", "mae": "MAE ↓",
-           "psnr_unmasked": "PSNR outside mask (dB) ↑", "fid": "FID ↓", "sec_per_image": "sec/image ↓",
+           "psnr_unmasked": "PSNR outside mask, decode (dB) ↑", "fid": "FID ↓", "sec_per_image": "sec/image ↓",
            "tokens_regenerated": "tokens regenerated", "n": "images"}
 
 
@@ -244,6 +246,12 @@ def _mean(values: List[torch.Tensor]) -> Optional[float]:
     v = torch.cat(values).double().numpy()
     v = v[~np.isnan(v)]
     return float(v.mean()) if v.size else float("nan")
+
+
+def pasted(x: torch.Tensor, image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The decode (B, 3, H, W) inside the mask (B, 1, H, W), the input x outside: what the edit
+    gives back at the model's size (`photo_io.paste_edit` with no feather)."""
+    return torch.where(mask > 0.5, image, x)
 
 
 def _sync() -> None:
@@ -344,7 +352,9 @@ def compare(methods: Sequence[Method], dataset, out_dir: str, n: Optional[int] =
         cols = {"input": x, "mask": mask * 2 - 1}
         if c is not None and c.shape[1] in (1, 3) and c.shape[2:] == x.shape[2:]:
             cols["condition"] = c
-        cols.update(outputs)
+        for name, image in outputs.items():
+            cols[name] = image
+            cols[f"{name} pasted"] = pasted(x, image, mask)
         done = sum(v.shape[0] for v in shown.get("input", []))
         if done < grid_rows:
             for k, v in cols.items():

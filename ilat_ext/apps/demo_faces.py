@@ -140,6 +140,7 @@ def edit_with_new_strokes(models: Dict[str, object], n: int, out_path: str, size
     least n) (`stroke_table`, written next to the grid as .md): with 8 faces one face moves a
     share by 12.5%. The ceiling column is `ceiling_edit`: the donor's own codes in the mask, what
     the autoencoder can show at best. Returns (columns of all n_score faces, stroke rows)."""
+    from ilat_ext.apps.compare import pasted
     from ilat_ext.apps.image_io import labelled_grid
 
     n_score = n if n_score is None else max(int(n), int(n_score))
@@ -155,7 +156,9 @@ def edit_with_new_strokes(models: Dict[str, object], n: int, out_path: str, size
                       "ceiling": ceiling_edit(ilat, x[b], mask[b], donors[b]).cpu()})
     columns = {"input": x, "mask": mask * 2 - 1, "sketch": sketch}
     columns.update({k: torch.cat([p[k] for p in parts]) for k in parts[0]})
-    labelled_grid({k: v[:n] for k, v in columns.items()}, out_path)
+    shown = dict(columns)
+    shown["iLAT pasted"] = pasted(x, columns["iLAT"], mask)   # what ilat-edit-face writes: the input outside the mask
+    labelled_grid({k: v[:n] for k, v in shown.items()}, out_path)
     rows = stroke_table({k: columns[k] for k in ("input", "Taming", "Taming*", "iLAT", "ceiling")}, mask, sketch, own)
     with open(os.path.splitext(out_path)[0] + ".md", "w") as f:
         f.write(f"New-strokes edits of {n_score} held-out faces (the grid shows the first {n}): XDoG of each output "
@@ -179,7 +182,7 @@ def run_face_demo(out: str = "demo", scale: float = 1.0, n_edit: int = 8, n_comp
     models = {name: load_run(runs[name])[0] for name in ("ilat", "taming")}
     edits = os.path.join(out, "edits.png")
     _, strokes = edit_with_new_strokes(models, n_edit, edits, n_score=n_score)
-    log(f"new-strokes edits: {edits} (input | mask | sketch | Taming | Taming* | iLAT | ceiling); scored on "
+    log(f"new-strokes edits: {edits} (input | mask | sketch | Taming | Taming* | iLAT | ceiling | iLAT pasted); scored on "
         f"{max(n_edit, n_score)} faces")
     log(stroke_markdown(strokes))
     methods = [model_method("Taming", models["taming"], "edit"), model_method("Taming*", models["taming"], "local"),

@@ -75,6 +75,8 @@ def _pose_outputs(runs: Dict[str, str], out: str, n_show: int, n_compare: int, l
                     "iLAT*": models["ilat_star"].sample_local(**models["ilat_star"].edit_inputs(batch)).image,
                     "iLAT": models["ilat"].sample_local(**inputs).image,
                     "ground truth": batch["image"].permute(0, 3, 1, 2)})
+    # what ilat-pose-guide writes: the iLAT decode inside the union mask, the reference outside
+    columns["iLAT pasted"] = pg.blend_into_reference(columns["iLAT"], inputs["x"], inputs["mask"], 0)
     labelled_grid(columns, os.path.join(out, "poses.png"))
     log(f"pose edits: {os.path.join(out, 'poses.png')}")
 

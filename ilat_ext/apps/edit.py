@@ -9,17 +9,19 @@ the LA mask and decodes with Eq. 4, so everything outside the mask's latent cell
     editor = load_editor("logs/<ilat run>", device="cpu")
     inputs = prepare_inputs("face.png", "mask.png", "strokes.png", editor.size, editor.sketch_style)
     result = edit_faces(editor.model, inputs.x, inputs.mask, inputs.sketch)      # an EditResult
-    write_rgb("result.png", tensor_to_uint8(result.image)[0])
+    write_rgb("result.png", paste_results(inputs, result.image)[0])     # the photo's size, edited in the mask
     labelled_grid({"input": inputs.x, "mask": inputs.mask * 2 - 1, "iLAT": result.image}, "grid.png")
 
 (`write_rgb`, `tensor_to_uint8`, `labelled_grid`: `ilat_ext.apps.image_io`.)
 
-Input size. Images are centre-cropped to a square and resized to the model's training size
-(`ilat_ext.runs.model_input_size`: the `size` of the run's training dataset, else the first stage's
-`resolution`), as `ilat_ext.data.folder.read_rgb` does. Mask and strokes must have the image's
-size before resizing; they get the same crop. The mask is resized so that a model pixel is edited
-when any part of it is covered by the user's mask (area resize, > 0), so the strokes the user drew
-inside the mask always land inside the edited region.
+Input and output (`ilat_ext.apps.photo_io`). The photo, its mask and the strokes are read as users
+have them: any common format and size, masks and strokes at any resolution with the photo's aspect
+ratio, paint layers with alpha, strokes light on dark or dark on light. The model edits a square
+region (`ReadOptions.region`: the photo's centred square, "full", or a square around the mask,
+"mask") resized to the run's training size (`ilat_ext.runs.model_input_size`). The mask is resized
+so that a model pixel is edited when any part of it is covered by the user's mask, so the strokes
+the user drew inside the mask always land inside the edited region. `paste_results` puts the
+decoded square back into the photo at its own resolution, inside the user's mask only.
 
 Which XDoG outside the mask (`sketch_style`). The sketch outside the mask must look like the
 sketches the model was trained on, so it is made the way the run's training data made them:
@@ -49,19 +51,21 @@ decoded from its features (Eq. 4 with no code), which is close to but not exactl
 bit-exactly.
 """
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
 import cv2
 import numpy as np
 import torch
 
-from ilat_ext.apps.image_io import read_gray, read_image_rgb, resize_mask, uint8_to_tensor
+from ilat_ext.apps.image_io import tensor_to_uint8, uint8_to_tensor
+from ilat_ext.apps.photo_io import (DEFAULT_MARGIN, DEFAULT_MAX_PIXELS, Region, choose_region, paste_edit, read_mask,
+                                    read_photo, read_strokes)
 from ilat_ext.data.image_files import IMAGE_EXTENSIONS, resize_square
 from ilat_ext.data.sketch import compose_edit_sketch, release_sketch, sketch_to_tensor_layout, xdog
 from ilat_ext.models.cond_transformer import EditResult, TamingTransformer
 from ilat_ext.models.ilat_transformer import ILATTransformer
-from ilat_ext.runs import check_input_size, load_run, model_input_size, sketch_style_of
+from ilat_ext.runs import check_input_size, load_run, model_input_size, sketch_style_of, trained_on_whole_images
 
 SKETCH_STYLES = ("release", "resized", "toy")
 EDIT_MODES = ("local", "taming")
@@ -73,16 +77,19 @@ EDIT_MODES = ("local", "taming")
 @dataclass
 class Editor:
     """A loaded run ready to edit: the model (on its device, eval mode), the image side it takes,
-    how its training sketches were made, and the run's config."""
+    how its training sketches were made, the run's config, and whether it was trained on whole
+    images (`ilat_ext.runs.trained_on_whole_images`, for `ReadOptions.whole_images`)."""
 
     model: TamingTransformer
     size: int
     sketch_style: str
     config: Any
     run: str
+    whole_images: bool = True
 
 
-def load_editor(run: str, device: str = "cpu", size: Optional[int] = None, baseline: bool = False) -> Editor:
+def load_editor(run: str, device: str = "cpu", size: Optional[int] = None, baseline: bool = False,
+                unsafe: Optional[bool] = None) -> Editor:
     """Load `logs/<run>` (or a checkpoint in it) for editing.
 
     Args:
@@ -91,15 +98,17 @@ def load_editor(run: str, device: str = "cpu", size: Optional[int] = None, basel
         size: image side to edit at; None = the run's training size (`model_input_size`).
         baseline: the run must be a Taming baseline (a TamingTransformer that is not an iLAT model:
             `sample_edit` is Taming, `sample_local` Taming*).
+        unsafe: full unpickling of the checkpoint (trusted files only; `load_run`).
 
     Raises:
         FileNotFoundError: no such run, checkpoint or saved config.
+        ilat_ext.runs.RunError: a checkpoint that is truncated, refused or does not fit the config.
         ValueError: the model is not a sketch-guided TamingTransformer / ILATTransformer (the pose
             model needs a pose), or `size` does not fit the transformer.
     """
     from ilat_ext.models.pose_transformer import PoseILATTransformer
 
-    model, config = load_run(run)
+    model, config = load_run(run, unsafe=unsafe)
     target = (getattr(model, "build_config", None) or {}).get("target", type(model).__name__)
     if not isinstance(model, TamingTransformer) or isinstance(model, PoseILATTransformer):
         raise ValueError(f"run {run!r} holds a {target}, not a TamingTransformer or ILATTransformer: "
@@ -113,7 +122,7 @@ def load_editor(run: str, device: str = "cpu", size: Optional[int] = None, basel
     model.to(device)
     size = model_input_size(model, config) if size is None else int(size)
     check_input_size(model, size)
-    return Editor(model, size, sketch_style_of(config), config, run)
+    return Editor(model, size, sketch_style_of(config), config, run, trained_on_whole_images(config))
 
 
 # -------------------------------------------------------------------------------------- inputs
@@ -121,11 +130,12 @@ def load_editor(run: str, device: str = "cpu", size: Optional[int] = None, basel
 
 @dataclass
 class EditInputs:
-    """Model inputs for a batch of B images (on the CPU) and what `paste_into_original` needs.
+    """Model inputs for a batch of B images (on the CPU) and what `paste_results` needs.
 
     x: (B, 3, S, S) float in [-1, 1]; mask: (B, 1, S, S) float in {0, 1}, 1 = edit;
     sketch: (B, 1, S, S) float in [-1, 1], +1 paper, -1 ink (the condition).
-    originals: per image, the uint8 (H, W, 3) RGB file as read; masks_full: per image, bool (H, W).
+    originals: per image, the uint8 (H, W, 3) RGB photo as read; masks_full: per image, bool (H, W);
+    regions: per image, the `photo_io.Region` the model edits; notes: what reading decided.
     """
 
     x: torch.Tensor
@@ -133,12 +143,15 @@ class EditInputs:
     sketch: torch.Tensor
     originals: List[np.ndarray]
     masks_full: List[np.ndarray]
+    regions: List[Region] = field(default_factory=list)
+    notes: List[str] = field(default_factory=list)
 
     @staticmethod
     def stack(items: List["EditInputs"]) -> "EditInputs":
         return EditInputs(torch.cat([i.x for i in items]), torch.cat([i.mask for i in items]),
                           torch.cat([i.sketch for i in items]), [o for i in items for o in i.originals],
-                          [m for i in items for m in i.masks_full])
+                          [m for i in items for m in i.masks_full], [r for i in items for r in i.regions],
+                          [n for i in items for n in i.notes])
 
     def __len__(self) -> int:
         return self.x.shape[0]
@@ -155,7 +168,7 @@ def toy_style_sketch(image: np.ndarray) -> np.ndarray:
 
 
 def original_sketch(image: np.ndarray, size: int, style: str = "release") -> np.ndarray:
-    """uint8 (size, size) XDoG sketch of the (H, W, 3) source image in the training style."""
+    """uint8 (size, size) XDoG sketch of the (H, W, 3) source image (the region's square) in the training style."""
     if style not in SKETCH_STYLES:
         raise ValueError(f"sketch style must be one of {SKETCH_STYLES}, got {style!r}")
     if style == "release":
@@ -164,53 +177,80 @@ def original_sketch(image: np.ndarray, size: int, style: str = "release") -> np.
     return xdog(resized) if style == "resized" else toy_style_sketch(resized)
 
 
-def _same_size(path: str, what: str, array: np.ndarray, image_path: str, image: np.ndarray) -> None:
-    if array.shape[:2] != image.shape[:2]:
-        (h, w), (H, W) = array.shape[:2], image.shape[:2]
-        raise ValueError(f"{what} {path!r} is {w}x{h} (WxH) but image {image_path!r} is {W}x{H}: "
-                         f"they must have the same size")
+@dataclass
+class ReadOptions:
+    """How `prepare_inputs` reads the user's files (the `ilat-edit-face` flags of the same names;
+    see `ilat_ext.apps.photo_io`): the region the model edits ("auto", "full", "mask") and its
+    context margin, the mask threshold, the strokes' polarity, the pixel limit, and whether the run
+    was trained on whole images (`auto` keeps those on the whole photo)."""
+
+    region: str = "full"
+    margin: float = DEFAULT_MARGIN
+    mask_threshold: float = 0.5
+    strokes_polarity: str = "auto"
+    max_pixels: Optional[int] = DEFAULT_MAX_PIXELS
+    whole_images: bool = True
+    allow_empty: bool = False
 
 
 def prepare_inputs(image_path: str, mask_path: str, strokes_path: Optional[str], size: int,
-                   sketch_style: str = "release", sketch_path: Optional[str] = None) -> EditInputs:
-    """Read one image, its mask and the user's strokes (or a complete sketch) -> `EditInputs` (B = 1).
+                   sketch_style: str = "release", sketch_path: Optional[str] = None,
+                   options: Optional[ReadOptions] = None) -> EditInputs:
+    """Read one photo, its mask and the user's strokes (or a complete sketch) -> `EditInputs` (B = 1).
 
     Args:
-        image_path: any RGB image; centre-cropped and resized to `size` (`read_rgb`'s crop).
-        mask_path: grayscale image of the image's size, white (> 127) = region to edit.
-        strokes_path: sketch-convention image (dark strokes on white) of the image's size; only
-            its part inside the mask is used. Ignored when `sketch_path` is given.
+        image_path: any image file (`photo_io.read_photo`: formats, EXIF, alpha, pixel limit).
+        mask_path: the region to edit, white (or opaque on a transparent layer), at any resolution
+            with the image's aspect ratio (`photo_io.read_mask`).
+        strokes_path: the user's lines, dark on light or light on dark or a transparent layer, any
+            resolution with the image's aspect ratio; only their part inside the mask is used.
+            Ignored when `sketch_path` is given.
         size: the model's image side.
         sketch_style: how the XDoG outside the mask is made: "release", "resized" or "toy".
-        sketch_path: a complete condition sketch (dark lines on white) with the image's aspect
-            ratio, used as is instead of XDoG + strokes.
+        sketch_path: a complete condition sketch read like the strokes, used as is instead of
+            XDoG + strokes.
+        options: `ReadOptions` (default: the whole photo's centred square, threshold one half,
+            polarity detected, 50 MP limit).
 
-    Raises FileNotFoundError (a missing file) or ValueError (unreadable file, size mismatch), both
-    naming the path.
+    The model edits `options.region` (`photo_io.choose_region`), cropped and resized to `size`.
+    Raises `photo_io.InputError` (a ValueError) naming the file for anything unusable.
     """
-    image = read_image_rgb(image_path)
-    mask_full = read_gray(mask_path, "mask", background=0) > 127
-    _same_size(mask_path, "mask", mask_full, image_path, image)
-    resized = resize_square(image, size)
-    mask = resize_mask(mask_full, size)
+    o = options or ReadOptions()
+    photo = read_photo(image_path, "image", o.max_pixels)
+    mask = read_mask(mask_path, photo.shape, image_path, o.mask_threshold, o.max_pixels, allow_empty=o.allow_empty)
+    region, why = choose_region(o.region, mask.mask, size, o.whole_images, o.margin)
+    notes = photo.notes + mask.notes + [f"region: {region.side}x{region.side} px at ({region.left}, {region.top}) "
+                                        f"of the {photo.shape[1]}x{photo.shape[0]} image ({why})"]
+    if region.side < size:
+        notes.append(f"warning: the {region.side}x{region.side} region is smaller than the model's {size} px: "
+                     "upscaled, so the edit is no sharper than the source")
+    square = region.crop(photo.rgb)
+    resized = region.to_model(photo.rgb, size)
+    model_mask = region.mask_to_model(mask.mask, size)
+    which = sketch_path if sketch_path is not None else strokes_path
+    if which is None:
+        raise ValueError("give the strokes (dark lines on white) or a complete sketch")
+    lines = read_strokes(which, photo.shape, image_path, o.strokes_polarity,
+                         "sketch" if sketch_path is not None else "strokes", o.max_pixels)
+    notes += lines.notes
+    drawn = region.to_model(lines.sketch, size, fill=255)
     if sketch_path is not None:
-        sketch = read_gray(sketch_path, "sketch")
-        (h, w), (H, W) = sketch.shape, image.shape[:2]
-        if h * W != H * w:
-            raise ValueError(f"sketch {sketch_path!r} is {w}x{h} (WxH), image {image_path!r} is {W}x{H}: "
-                             "they must have the same aspect ratio")
-        sketch = resize_square(sketch, size)
+        sketch = drawn
     else:
-        if strokes_path is None:
-            raise ValueError("give the strokes (dark lines on white) or a complete sketch")
-        strokes = read_gray(strokes_path, "strokes")
-        _same_size(strokes_path, "strokes", strokes, image_path, image)
-        sketch = compose_edit_sketch(resized, mask, resize_square(strokes, size),
-                                     original_sketch=original_sketch(image, size, sketch_style))
+        sketch = compose_edit_sketch(resized, model_mask, drawn,
+                                     original_sketch=original_sketch(square, size, sketch_style))
     x = uint8_to_tensor(resized)
     c = torch.from_numpy(sketch_to_tensor_layout(sketch)).permute(2, 0, 1)[None]
-    m = torch.from_numpy(mask.astype(np.float32))[None, None]
-    return EditInputs(x, m, c.contiguous(), [image], [mask_full])
+    m = torch.from_numpy(model_mask.astype(np.float32))[None, None]
+    return EditInputs(x, m, c.contiguous(), [photo.rgb], [mask.mask], [region], notes)
+
+
+def paste_results(inputs: EditInputs, images: torch.Tensor, feather: Optional[float] = None) -> List[np.ndarray]:
+    """Each decoded (S, S) edit of `images` (B, 3, S, S) in [-1, 1] pasted into its photo at the
+    source resolution, inside the user's mask only (`photo_io.paste_edit`)."""
+    decoded = tensor_to_uint8(images)
+    return [paste_edit(original, mask, decoded[i], region, feather)
+            for i, (original, mask, region) in enumerate(zip(inputs.originals, inputs.masks_full, inputs.regions))]
 
 
 # --------------------------------------------------------------------------------------- edit
@@ -249,17 +289,25 @@ def edit_faces(model: TamingTransformer, x: torch.Tensor, mask: torch.Tensor, sk
     return EditResult(image, indices, token_mask, edited.steps)
 
 
+BATCH_LAYOUTS = {"ilat_ext": ("images", "masks", "strokes"), "release": ("source", "mask", "sketch")}
+
+
 def list_edit_folder(input_dir: str) -> Tuple[List[Tuple[str, str, str]], Dict[str, List[str]]]:
-    """Batch mode's files: `input_dir/images/*` with `masks/<same name>` and `strokes/<same name>`
-    (same stem with another image extension also matches).
+    """Batch mode's files, in either layout of `BATCH_LAYOUTS`: ours, `input_dir/images/*` with
+    `masks/<same name>` and `strokes/<same name>`, or the release's samples, `source/*` with
+    `mask/<same name>` and `sketch/<same name>` (its sketch files are the user's strokes, light on
+    dark). The same stem with another image extension also matches.
 
     Returns (triples (image, mask, strokes), skipped {"no mask": [...], "no strokes": [...],
     "not an image": [...]}). Unreadable images are found later, when they are read.
     """
-    folders = {k: os.path.join(input_dir, k) for k in ("images", "masks", "strokes")}
-    for what, folder in folders.items():
+    layout = next((names for names in BATCH_LAYOUTS.values()
+                   if os.path.isdir(os.path.join(input_dir, names[0]))), BATCH_LAYOUTS["ilat_ext"])
+    folders = dict(zip(("images", "masks", "strokes"), (os.path.join(input_dir, k) for k in layout)))
+    for folder in folders.values():
         if not os.path.isdir(folder):
-            raise FileNotFoundError(f"batch mode needs {folder!r} ({what}/ next to images/, masks/, strokes/)")
+            raise FileNotFoundError(f"batch mode needs {folder!r}: {input_dir!r} must hold images/, masks/, strokes/ "
+                                    "(or the release's source/, mask/, sketch/)")
 
     def partner(kind: str, name: str) -> Optional[str]:
         exact = os.path.join(folders[kind], name)

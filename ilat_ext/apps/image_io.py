@@ -1,4 +1,7 @@
-"""Image files and image tensors for the apps: reading, converting, writing, labelled grids, videos.
+"""Image tensors and files for the apps: converting, writing, labelled grids, videos.
+
+Reading the user's photos, masks and strokes, and pasting edits back into them, is
+`ilat_ext.apps.photo_io`.
 
 The apps (face editing, comparison, pose guiding, demos) share one convention: images inside the
 library are float tensors (B, C, H, W) in [-1, 1] (C = 3 RGB, or 1 for masks and sketches), images
@@ -20,7 +23,7 @@ import cv2
 import numpy as np
 import torch
 
-from ilat_ext.data.image_files import center_square, decode_image, write_image_atomic
+from ilat_ext.data.image_files import write_image_atomic
 
 # ------------------------------------------------------------------------------------ converters
 
@@ -56,73 +59,12 @@ def rgb_frames(frames) -> np.ndarray:
     return frames
 
 
-# ------------------------------------------------------------------------------------------ read
-
-
-def _read_file(path: str, what: str, flags: int) -> np.ndarray:
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{what} not found: {path!r}")
-    image = decode_image(path, flags)
-    if image is None:
-        raise ValueError(f"cannot read {what} {path!r}: not an image file cv2 can decode")
-    return image
-
-
-def read_gray(path: str, what: str, background: int = 255) -> np.ndarray:
-    """uint8 (H, W) of a grayscale/colour image file; 16-bit images scaled to 8 bits, an alpha channel
-    composited over `background` (strokes drawn on a transparent layer read as ink on paper)."""
-    image = _read_file(path, what, cv2.IMREAD_UNCHANGED)
-    if image.dtype == np.uint16:
-        image = (image >> 8).astype(np.uint8)
-    elif image.dtype != np.uint8:
-        image = np.clip(image, 0, 255).astype(np.uint8)
-    if image.ndim == 3 and image.shape[2] == 4:
-        alpha = image[:, :, 3:].astype(np.float32) / 255.0
-        image = np.rint(image[:, :, :3] * alpha + background * (1.0 - alpha)).astype(np.uint8)
-    if image.ndim == 3:
-        image = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY) if image.shape[2] == 3 else image[:, :, 0]
-    return image
-
-
-def read_image_rgb(path: str, what: str = "image") -> np.ndarray:
-    """uint8 (H, W, 3) RGB of an image file; raises naming the path (missing or unreadable)."""
-    return cv2.cvtColor(_read_file(path, what, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
-
-
-def resize_mask(mask: np.ndarray, size: int) -> np.ndarray:
-    """bool (H, W) -> bool (size, size) after the centre square crop: a pixel is True when any
-    part of it is covered (area resize > 0 when shrinking, nearest when enlarging)."""
-    square = center_square(mask).astype(np.float32)
-    if square.shape[0] == size:
-        return square > 0
-    interp = cv2.INTER_AREA if square.shape[0] > size else cv2.INTER_NEAREST
-    return cv2.resize(square, (size, size), interpolation=interp) > 0
-
-
 # ----------------------------------------------------------------------------------------- write
 
 
 def write_rgb(path: str, image: np.ndarray) -> None:
     """Write a uint8 (H, W, 3) RGB image (or (H, W) gray) atomically; format from the extension."""
     write_image_atomic(path, cv2.cvtColor(image, cv2.COLOR_RGB2BGR) if image.ndim == 3 else image)
-
-
-def paste_into_original(original: np.ndarray, mask_full: np.ndarray, edited: np.ndarray):
-    """The edit at the source resolution: `original` (H, W, 3) with the (S, S, 3) `edited` result,
-    resized to the centre square, pasted only where `mask_full` (H, W) is True.
-
-    Returns (image, pixels of the mask outside the centre square, which the model never saw and
-    which are left as they were)."""
-    out = original.copy()
-    h, w = original.shape[:2]
-    s = min(h, w)
-    top, left = (h - s) // 2, (w - s) // 2
-    if edited.shape[0] != s:
-        interp = cv2.INTER_AREA if edited.shape[0] > s else cv2.INTER_CUBIC
-        edited = cv2.resize(edited, (s, s), interpolation=interp)
-    inside = mask_full[top:top + s, left:left + s]
-    out[top:top + s, left:left + s][inside] = edited[inside]
-    return out, int(mask_full.sum() - inside.sum())
 
 
 def labelled_grid(columns: Mapping[str, torch.Tensor], path: Optional[str] = None, pad: int = 2,

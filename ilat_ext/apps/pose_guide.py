@@ -9,12 +9,14 @@ Penn Action video's labels, say) gives an animation, one synthesis per pose, all
 reference.
 
     run = load_pose_model("logs/<pose run>", device="cpu")
-    reference, (h, w) = read_reference("ref.png", run.size, run.resize)
+    reference, photo = read_reference("ref.jpg", run.size, run.resize)     # photo: the file at its own size
+    h, w = photo.shape
     ref = resize_pose(read_pose("ref.json", h, w), h, w, run.size, run.resize)
     targets = [resize_pose(read_pose(("video.mat", k), h, w), h, w, run.size, run.resize) for k in (1, 5, 9)]
     frames, masks = synthesize_sequence(run.model, reference, ref, targets, batch_size=8)
     write_gif("walk.gif", frames); write_strip("strip.png", frames, targets)    # gif: ilat_ext.apps.image_io
     pasted = blend_into_reference(frames, reference, masks, feather=2)    # the reference's pixels outside
+    full = paste_into_photo(frames, photo.rgb, masks, run.resize)         # the same at the photo's size
 
 Conventions. Poses are (13, 3) [x, y, visibility] in pixels with the origin at the image's top-left
 corner (`ilat_ext.data.pose`). A pose read from a file is in the ORIGINAL reference image's pixels;
@@ -34,7 +36,8 @@ import cv2
 import numpy as np
 import torch
 
-from ilat_ext.apps.image_io import read_image_rgb, rgb_frames, uint8_to_tensor, write_rgb
+from ilat_ext.apps.image_io import rgb_frames, tensor_to_uint8, uint8_to_tensor, write_rgb
+from ilat_ext.apps.photo_io import DEFAULT_MAX_PIXELS, Photo, blend_inside, feather_map, read_photo
 from ilat_ext.data.pose import load_pose_json, pose_from_list, resize_image
 from ilat_ext.pose_geometry import JOINT_NAMES, NUM_JOINTS, check_pose, clean_pose, draw_skeleton_overlay
 from ilat_ext.runs import check_input_size, load_run, model_input_size, resize_mode_of
@@ -57,7 +60,7 @@ class PoseRun:
     run: str
 
 
-def load_pose_model(run: str, device: str = "cpu", baseline: bool = False) -> PoseRun:
+def load_pose_model(run: str, device: str = "cpu", baseline: bool = False, unsafe: Optional[bool] = None) -> PoseRun:
     """Load `logs/<run>` (or a checkpoint in it) for pose-guided synthesis.
 
     baseline: the run must be the vanilla-AR baseline (a PoseILATTransformer trained with lm_rate 1,
@@ -68,7 +71,7 @@ def load_pose_model(run: str, device: str = "cpu", baseline: bool = False) -> Po
     """
     from ilat_ext.models.pose_transformer import PoseILATTransformer
 
-    model, config = load_run(run)
+    model, config = load_run(run, unsafe=unsafe)
     target = (getattr(model, "build_config", None) or {}).get("target", type(model).__name__)
     if not isinstance(model, PoseILATTransformer):
         raise ValueError(f"run {run!r} holds a {target}, not a PoseILATTransformer: pose-guided synthesis needs a "
@@ -85,12 +88,16 @@ def load_pose_model(run: str, device: str = "cpu", baseline: bool = False) -> Po
 # -------------------------------------------------------------------------------------- inputs
 
 
-def read_reference(path: str, size: int, resize: str = "stretch") -> Tuple[torch.Tensor, Tuple[int, int]]:
-    """The reference image as the model takes it: ((1, 3, size, size) float in [-1, 1], the file's
-    (height, width)). Raises FileNotFoundError / ValueError naming the path."""
-    image = read_image_rgb(path, "reference image")
-    square = resize_image(image, size, resize)
-    return uint8_to_tensor(square), image.shape[:2]
+def read_reference(path: str, size: int, resize: str = "stretch",
+                   max_pixels: Optional[int] = DEFAULT_MAX_PIXELS) -> Tuple[torch.Tensor, Photo]:
+    """The reference photo as the model takes it, and as it is: ((1, 3, size, size) float in
+    [-1, 1], the `photo_io.Photo` read at its own size, any format, EXIF applied, at most
+    `max_pixels`). Raises FileNotFoundError / `photo_io.InputError` naming the path."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"reference image not found: {path!r}")
+    photo = read_photo(path, "reference image", max_pixels, min_side=size)
+    square = resize_image(photo.rgb, size, resize)
+    return uint8_to_tensor(square), photo
 
 
 def label_poses(path: str) -> np.ndarray:
@@ -240,24 +247,15 @@ def outside_psnr(images: torch.Tensor, reference: torch.Tensor, masks: torch.Ten
 def feather_weights(masks: torch.Tensor, feather: float) -> torch.Tensor:
     """(N, 1, H, W) blending weights of the synthesis: 0 outside the masks (N, 1, H, W) in {0, 1},
     rising linearly with the distance from the nearest unmasked pixel to 1 at `feather` pixels
-    inside (L2 distance transform; `feather` 0 gives the mask itself). The weights never leave the
+    inside (`photo_io.feather_map`; `feather` 0 gives the mask itself). The weights never leave the
     mask, so a blend keeps every pixel outside it."""
     if isinstance(feather, bool) or not isinstance(feather, (int, float)) or not feather >= 0:
         raise ValueError(f"feather must be a number of pixels >= 0, got {feather!r}")
     masks = masks.float().cpu()
     if masks.dim() != 4 or masks.shape[1] != 1:
         raise ValueError(f"masks of shape {tuple(masks.shape)} must be (N, 1, H, W)")
-    binary = masks > 0.5
-    if feather == 0:
-        return binary.float()
-    weights = []
-    for m in binary[:, 0].numpy().astype(np.uint8):
-        # distance of each masked pixel to the nearest unmasked one in the image (1 for the mask's outer
-        # ring; the image's border is no seam), and no unmasked pixel at all: the synthesis everywhere
-        d = (cv2.distanceTransform(m, cv2.DIST_L2, cv2.DIST_MASK_PRECISE) if not m.all()
-             else np.full(m.shape, np.inf, np.float32))
-        weights.append(np.clip(d / float(feather), 0.0, 1.0) * m)
-    return torch.from_numpy(np.stack(weights)[:, None].astype(np.float32))
+    weights = [feather_map(m, feather) for m in (masks[:, 0] > 0.5).numpy()]
+    return torch.from_numpy(np.stack(weights)[:, None])
 
 
 def blend_into_reference(frames: torch.Tensor, reference: torch.Tensor, masks: torch.Tensor,
@@ -279,6 +277,43 @@ def blend_into_reference(frames: torch.Tensor, reference: torch.Tensor, masks: t
         raise ValueError(f"masks of shape {tuple(masks.shape)} do not match frames {tuple(frames.shape)}")
     alpha = feather_weights(masks, feather)
     return alpha * frames + (1.0 - alpha) * reference.expand_as(frames)
+
+
+def frame_to_photo(image: np.ndarray, shape: Tuple[int, int], resize: str = "stretch") -> np.ndarray:
+    """A (S, S[, C]) array of the model's frame moved back onto an (H, W) photo: the inverse of
+    `resize_image(photo, S, resize)` ("stretch": resized to (H, W); "pad": resized to the padded
+    square, then the padding cut off). Lanczos when enlarging, area when shrinking; a float array
+    (a mask) is resized linearly."""
+    H, W = shape
+    side = max(H, W)
+    out_h, out_w = (H, W) if resize == "stretch" else (side, side)
+    if image.dtype != np.uint8:
+        interp = cv2.INTER_LINEAR
+    else:
+        interp = cv2.INTER_LANCZOS4 if out_h * out_w > image.shape[0] * image.shape[1] else cv2.INTER_AREA
+    out = cv2.resize(image, (out_w, out_h), interpolation=interp).reshape((out_h, out_w) + image.shape[2:])
+    if resize == "pad":
+        top, left = (side - H) // 2, (side - W) // 2
+        out = out[top:top + H, left:left + W]
+    return np.ascontiguousarray(out)
+
+
+def paste_into_photo(frames: torch.Tensor, photo: np.ndarray, masks: torch.Tensor, resize: str = "stretch",
+                     feather: Optional[float] = None) -> Tuple[np.ndarray, np.ndarray]:
+    """The syntheses at the reference photo's own resolution: each frame (N, 3, S, S) in [-1, 1] and
+    its union mask (N, 1, S, S) moved onto the uint8 (H, W, 3) photo (`frame_to_photo`), the frame
+    blended in inside the mask only, over `feather` photo pixels inside its edge (None: one model
+    pixel). Returns (uint8 (N, H, W, 3) images whose pixels outside the masks are the photo's, bit
+    for bit; bool (N, H, W) masks at the photo's size)."""
+    H, W = photo.shape[:2]
+    S = frames.shape[-1]
+    feather = max(H, W) / S if feather is None and max(H, W) > S else (feather or 0.0)
+    images, full_masks = [], []
+    for frame, mask in zip(tensor_to_uint8(frames), masks.float().cpu()[:, 0].numpy()):
+        big_mask = frame_to_photo(mask.astype(np.float32), (H, W), resize) >= 0.5
+        images.append(blend_inside(photo, big_mask, frame_to_photo(frame, (H, W), resize), feather))
+        full_masks.append(big_mask)
+    return np.stack(images), np.stack(full_masks)
 
 
 # -------------------------------------------------------------------------------------- output

@@ -34,8 +34,11 @@ import os
 import sys
 from typing import Any, Dict, Iterable, List, Optional, Tuple
 
-__all__ = ["ArgumentParser", "BooleanFlag", "add_sampling_arguments", "check_sampling_arguments",
-           "flag_spellings", "report_missing", "resolve_device", "sampling_options"]
+__all__ = ["ArgumentParser", "BooleanFlag", "add_photo_arguments", "add_sampling_arguments",
+           "check_photo_arguments", "check_sampling_arguments", "flag_spellings", "report_missing",
+           "resolve_device", "sampling_options"]
+
+DEFAULT_MAX_PIXELS = 50_000_000   # ilat_ext.apps.photo_io.DEFAULT_MAX_PIXELS (here so parsing needs no numpy)
 
 
 def flag_spellings(option: str) -> List[str]:
@@ -91,6 +94,49 @@ def add_sampling_arguments(parser: argparse.ArgumentParser, *, greedy: Optional[
                         help="sampling temperature" + ("" if temperature is None else f" (default {temperature})"))
     parser.add_argument("--seed", type=int, default=seed, help=seed_help)
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+
+
+def add_photo_arguments(parser: argparse.ArgumentParser, *, masks: bool = True) -> None:
+    """The flags of the real-photo input/output layer (`ilat_ext.apps.photo_io`): --max_pixels,
+    --model_size (and its opposite, the default, under the old name --keep_size), --feather; with
+    `masks` also --region, --margin, --mask_threshold, --strokes_polarity."""
+    parser.add_argument("--max_pixels", type=int, default=DEFAULT_MAX_PIXELS,
+                        help=f"refuse input images with more pixels, read from the file's header "
+                             f"(default {DEFAULT_MAX_PIXELS:,})")
+    parser.add_argument("--model_size", action="store_true",
+                        help="write the decoded model-size image instead of the result at the source resolution")
+    parser.add_argument("--keep_size", action="store_true",
+                        help="the result at the source resolution (the default; kept for old commands)")
+    parser.add_argument("--feather", type=float, default=None,
+                        help="blend the edit over this many source pixels inside the mask's edge "
+                             "(default: one model pixel; 0: a hard paste)")
+    if not masks:
+        return
+    parser.add_argument("--region", choices=("auto", "full", "mask"), default="auto",
+                        help="what the model sees: full (the photo's centred square, aligned faces), mask (a square "
+                             "around the mask with --margin of context) or auto (by the run's training data and the "
+                             "mask's size; default)")
+    parser.add_argument("--margin", type=float, default=0.5,
+                        help="--region mask: context on each side, a fraction of the mask's box (default 0.5)")
+    parser.add_argument("--mask_threshold", type=float, default=0.5,
+                        help="a mask pixel is edited at this fraction of white / opacity and above (default 0.5)")
+    parser.add_argument("--strokes_polarity", choices=("auto", "dark", "light"), default="auto",
+                        help="dark lines on light (ours), light on dark (the release's files), or detected (default)")
+
+
+def check_photo_arguments(parser: argparse.ArgumentParser, args) -> None:
+    """Usage errors (exit 2 through argparse) for the values of `add_photo_arguments`' flags."""
+    if args.max_pixels < 1:
+        parser.error(f"--max_pixels must be positive, got {args.max_pixels}")
+    if args.model_size and args.keep_size:
+        parser.error("--model_size and --keep_size contradict each other (--keep_size is the default)")
+    if args.feather is not None and not args.feather >= 0:
+        parser.error(f"--feather must be >= 0 pixels, got {args.feather}")
+    if hasattr(args, "mask_threshold"):
+        if not 0 < args.mask_threshold <= 1:
+            parser.error(f"--mask_threshold must be in (0, 1], got {args.mask_threshold}")
+        if not args.margin >= 0:
+            parser.error(f"--margin must be >= 0, got {args.margin}")
 
 
 def check_sampling_arguments(parser: argparse.ArgumentParser, args) -> None:

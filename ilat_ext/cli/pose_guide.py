@@ -2,7 +2,7 @@
 
     python scripts/pose_guide.py --run logs/<pose run> --image ref.png --ref_pose ref.json \
         --target_pose target.json --out out.png [--grid grid.png] [--baseline logs/<taming pose run>] \
-        [--paste_back [--feather PX]] [--top_k K] [--temperature T] [--seed S] [--device cpu|cuda]
+        [--model_size [--paste_back]] [--feather PX] [--top_k K] [--temperature T] [--seed S] [--device cpu|cuda]
     python scripts/pose_guide.py --run logs/<pose run> --image ref.png --ref_label video.mat --ref_frame 1 \
         --target_label video.mat --target_frame 30 --out out.png
     python scripts/pose_guide.py --run logs/<pose run> --image ref.png --ref_pose ref.json \
@@ -10,22 +10,27 @@
     python scripts/pose_guide.py --run logs/<pose run> --image ref.png --ref_label video.mat --ref_frame 1 \
         --target_label video.mat --frames 1:40:4 --out_dir DIR
 
-The reference image is resized to the run's square training size ("stretch", or "pad" when the
-run's data padded); its pose and the target poses, given in the ORIGINAL image's pixels, are moved
-the same way. A pose is a JSON file of 13 [x, y, visibility] in Penn Action's joint order (or
+The reference photo (any size and common format, `ilat_ext.apps.photo_io`) is resized to the run's
+square training size ("stretch", or "pad" when the run's data padded); its pose and the target
+poses, given in the ORIGINAL photo's pixels, are moved the same way. A pose is a JSON file of 13 [x, y, visibility] in Penn Action's joint order (or
 {"joints": [...]}), or a frame (1-based) of a Penn Action .mat label file. The region regenerated
 is the union of the reference pose's and the target pose's masks; outside it the reference is kept
 (Eq. 4). Greedy decoding unless --top_k, --temperature, --seed or --no_greedy asks for sampling.
 
+Outputs have the reference photo's resolution: the synthesis, moved back onto the photo, blended in
+inside the union mask only (over --feather photo pixels inside its edge, default one model pixel),
+so every pixel outside the mask is the photo's, bit for bit. --model_size writes the model's output
+at its own size instead (whose background is the autoencoder's reconstruction, Eq. 4), and with
+--paste_back puts it back into the resized reference at that size.
+
 Single image: --out gets the synthesis; --grid adds reference + its skeleton | target skeleton |
-mask | [Taming (with --baseline, its edit)] | iLAT. Sequence (--target_poses: a JSON list of poses
+mask | [Taming (with --baseline, its edit)] | iLAT (the decode) | result (what --out holds, at the
+model's size). Sequence (--target_poses: a JSON list of poses
 or {"poses": [...]}, or --target_label with --frames START:STOP[:STEP], STOP included): --out_dir
 gets frame_000.png ..., sequence.gif, sequence.mp4 (skipped with a message when OpenCV cannot
 write mp4v) and strip.png (odd rows the frames, even rows their poses; the reference first).
-The summary line gives the PSNR outside the mask of each output against the reference.
---paste_back writes the syntheses put back into the reference instead: its own pixels outside the
-mask, the synthesis inside, blended over --feather pixels inside the mask's edge (the summary
-still gives the model's own PSNR outside the mask).
+The summary line gives the PSNR outside the mask of the model's output against the reference
+(the written files are the photo's own pixels there).
 Exit code 0 on success, 2 on a usage or input error (the message names the problem).
 (`python scripts/pose_guide.py ...` runs the same.)
 """
@@ -33,8 +38,10 @@ import argparse
 import os
 import sys
 
-from ilat_ext.cli import (ArgumentParser, add_sampling_arguments, check_sampling_arguments, report_missing,
-                          resolve_device, sampling_options)
+import numpy as np
+
+from ilat_ext.cli import (ArgumentParser, add_photo_arguments, add_sampling_arguments, check_photo_arguments,
+                          check_sampling_arguments, report_missing, resolve_device, sampling_options)
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -58,13 +65,12 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--fps", type=float, default=4.0, help="sequence: frames per second of the GIF and MP4")
     p.add_argument("--per_row", type=int, default=8, help="sequence: frames per row of the strip (default 8)")
     add_sampling_arguments(p)
+    add_photo_arguments(p, masks=False)
     p.add_argument("--paste_back", action="store_true",
-                   help="put the synthesis back into the reference: the reference's own pixels outside the mask "
-                        "(default: the model's output everywhere, whose background is the autoencoder's "
-                        "reconstruction, Eq. 4)")
-    p.add_argument("--feather", type=float, default=2.0,
-                   help="with --paste_back: blend over this many pixels inside the mask's edge (default 2; 0: a "
-                        "hard paste)")
+                   help="with --model_size: put the model-size synthesis back into the resized reference (its own "
+                        "pixels outside the mask; --feather default 2 there)")
+    p.add_argument("--unsafe_load", action="store_true", help="allow full unpickling of the runs' checkpoints "
+                                                             "(runs pickled code: trusted files only)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
 
@@ -102,29 +108,41 @@ def _check_args(parser: argparse.ArgumentParser, args) -> bool:
     if not args.fps > 0:
         parser.error(f"--fps must be positive, got {args.fps}")
     check_sampling_arguments(parser, args)
-    if not args.feather >= 0:
-        parser.error(f"--feather must be >= 0 pixels, got {args.feather}")
+    check_photo_arguments(parser, args)
+    if args.paste_back and not args.model_size:
+        parser.error("--paste_back is for --model_size outputs (the default output is already pasted into the photo)")
     return sequence
 
 
-def _psnr_summary(values, pasted: bool = False) -> str:
+def _psnr_summary(values, model_size: bool = False, pasted: bool = False) -> str:
     values = [float(v) for v in values]
     if len(values) == 1:
         text = f"PSNR outside the mask {values[0]:.2f} dB"
     else:
         text = (f"PSNR outside the mask {', '.join(f'{v:.2f}' for v in values)} dB "
                 f"(mean {sum(values) / len(values):.2f})")
+    if not model_size:
+        return f"the photo's own pixels outside the mask (the model's output: {text})"
     if pasted:
-        text = f"pasted back into the reference, its own pixels outside the mask (the model's output: {text})"
-    return text
+        return f"pasted back into the reference, its own pixels outside the mask (the model's output: {text})"
+    return f"the model's output: {text}"
 
 
-def _finish(pg, args, frames, reference, masks):
-    """The outputs as written (pasted back with --paste_back) and the model's PSNR outside the mask."""
+def _finish(pg, args, frames, reference, masks, photo):
+    """(the images as written, uint8 (N, H, W, 3); the same at the model's size, for grids and the
+    strip; the model's PSNR outside the mask)."""
+    from ilat_ext.apps.image_io import tensor_to_uint8
+    from ilat_ext.data.pose import resize_image
+
     psnr = pg.outside_psnr(frames, reference, masks)
-    if args.paste_back:
-        frames = pg.blend_into_reference(frames, reference, masks, args.feather)
-    return frames, psnr
+    if args.model_size:
+        if args.paste_back:
+            frames = pg.blend_into_reference(frames, reference, masks, 2.0 if args.feather is None else args.feather)
+        images = tensor_to_uint8(frames)
+        return images, images, psnr
+    images, _ = pg.paste_into_photo(frames, photo.rgb, masks, args.resize_mode, args.feather)
+    size = frames.shape[-1]
+    return images, np.stack([resize_image(i, size, args.resize_mode) for i in images]), psnr
 
 
 def _target_poses(pg, args, sequence: bool, height: int, width: int):
@@ -138,12 +156,12 @@ def _target_poses(pg, args, sequence: bool, height: int, width: int):
     return [pg.label_pose(poses, k, height, width, args.target_label) for k in frames]
 
 
-def _single(pg, args, run, baseline, reference, ref, targets, sampling) -> int:
+def _single(pg, args, run, baseline, reference, photo, ref, targets, sampling) -> int:
     from ilat_ext.apps.image_io import labelled_grid, tensor_to_uint8, uint8_to_tensor, write_rgb
 
     frames, masks = pg.synthesize_sequence(run.model, reference, ref, targets, **sampling)
-    frames, psnr = _finish(pg, args, frames, reference, masks)
-    write_rgb(args.out, tensor_to_uint8(frames)[0])
+    images, shown, psnr = _finish(pg, args, frames, reference, masks, photo)
+    write_rgb(args.out, images[0])
     if args.grid is not None:
         cols = {"reference": uint8_to_tensor(pg.skeleton_overlay(tensor_to_uint8(reference)[0], ref)),
                 "target pose": uint8_to_tensor(pg.skeleton_images(targets, run.size, run.size)),
@@ -152,22 +170,24 @@ def _single(pg, args, run, baseline, reference, ref, targets, sampling) -> int:
             cols["warped reference"] = run.model.condition_image_px(reference, ref, targets).float().cpu()
         if baseline is not None:
             taming, _ = pg.synthesize_sequence(baseline, reference, ref, targets, mode="edit", **sampling)
-            cols["Taming"] = _finish(pg, args, taming, reference, masks)[0]
+            cols["Taming"] = taming
         cols["iLAT"] = frames
+        if not args.model_size or args.paste_back:
+            cols["result"] = uint8_to_tensor(shown)
         labelled_grid(cols, args.grid)
-    print(f"Synthesised {run.size}x{run.size}: {args.out}; {_psnr_summary(psnr, args.paste_back)}"
+    h, w = images.shape[1:3]
+    print(f"Synthesised {w}x{h}: {args.out}; {_psnr_summary(psnr, args.model_size, args.paste_back)}"
           + (f"; grid: {args.grid}" if args.grid else ""))
     return 0
 
 
-def _sequence(pg, args, run, reference, ref, targets, sampling) -> int:
+def _sequence(pg, args, run, reference, photo, ref, targets, sampling) -> int:
     from ilat_ext.apps.image_io import tensor_to_uint8, write_gif, write_mp4, write_rgb
 
     os.makedirs(args.out_dir, exist_ok=True)
     frames, masks = pg.synthesize_sequence(run.model, reference, ref, targets, batch_size=args.batch_size,
                                            show_progress=not args.quiet, **sampling)
-    frames, psnr = _finish(pg, args, frames, reference, masks)
-    images = tensor_to_uint8(frames)
+    images, shown, psnr = _finish(pg, args, frames, reference, masks, photo)
     for k, image in enumerate(images):
         write_rgb(os.path.join(args.out_dir, f"frame_{k:03d}.png"), image)
     gif = os.path.join(args.out_dir, "sequence.gif")
@@ -178,11 +198,12 @@ def _sequence(pg, args, run, reference, ref, targets, sampling) -> int:
               f"the GIF is {gif}")
         mp4 = None
     strip = os.path.join(args.out_dir, "strip.png")
-    pg.write_strip(strip, images, targets, per_row=args.per_row, reference=tensor_to_uint8(reference)[0],
+    pg.write_strip(strip, shown, targets, per_row=args.per_row, reference=tensor_to_uint8(reference)[0],
                    ref_pose=ref)
-    print(f"Synthesised {len(images)} frames of {run.size}x{run.size} in {args.out_dir}: frame_000.png.."
+    h, w = images.shape[1:3]
+    print(f"Synthesised {len(images)} frames of {w}x{h} in {args.out_dir}: frame_000.png.."
           f"frame_{len(images) - 1:03d}.png, sequence.gif{', sequence.mp4' if mp4 else ''}, strip.png; "
-          f"{_psnr_summary(psnr, args.paste_back)}")
+          f"{_psnr_summary(psnr, args.model_size, args.paste_back)}")
     return 0
 
 
@@ -201,12 +222,18 @@ def main(argv=None) -> int:
     sampling = sampling_options(args)
     try:
         device = resolve_device(args.device)
-        run = pg.load_pose_model(args.run, device)
-        baseline = None if args.baseline is None else pg.load_pose_model(args.baseline, device, baseline=True)
+        unsafe = args.unsafe_load or None
+        run = pg.load_pose_model(args.run, device, unsafe=unsafe)
+        baseline = (None if args.baseline is None
+                    else pg.load_pose_model(args.baseline, device, baseline=True, unsafe=unsafe))
+        args.resize_mode = run.resize
         if baseline is not None and baseline.size != run.size:
             raise ValueError(f"baseline run {args.baseline!r} takes {baseline.size}-px images, {args.run!r} "
                              f"{run.size}-px ones")
-        reference, (h, w) = pg.read_reference(args.image, run.size, run.resize)
+        reference, photo = pg.read_reference(args.image, run.size, run.resize, args.max_pixels)
+        for note in photo.notes:
+            print(note)
+        h, w = photo.shape
         source = args.ref_pose if args.ref_pose is not None else (args.ref_label, args.ref_frame)
         to_model = lambda pose: resize_pose(pose, h, w, run.size, run.resize)  # noqa: E731
         ref = to_model(pg.read_pose(source, h, w))
@@ -214,9 +241,9 @@ def main(argv=None) -> int:
         print(f"{type(run.model).__name__} (lm_rate {run.model.lm_rate}) at {run.size} px ({run.resize}) on "
               f"{device}; {len(targets)} target pose(s); {'greedy' if sampling['greedy'] else 'sampling'}")
         if sequence:
-            return _sequence(pg, args, run, reference, ref, targets, sampling)
-        return _single(pg, args, run, None if baseline is None else baseline.model, reference, ref, targets,
+            return _sequence(pg, args, run, reference, photo, ref, targets, sampling)
+        return _single(pg, args, run, None if baseline is None else baseline.model, reference, photo, ref, targets,
                        sampling)
-    except (FileNotFoundError, ValueError, IndexError) as e:
+    except (OSError, ValueError, IndexError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
