@@ -29,7 +29,11 @@ H, W = 80, 96  # the reference file's size; the model sees it stretched to 64 x 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     """{"ilat", "taming": pose runs trained one step; "vqgan": a run whose model is a first stage}."""
-    tmp = tmp_path_factory.mktemp("pose_guide_runs")
+    return train_pose_runs(tmp_path_factory.mktemp("pose_guide_runs"))
+
+
+def train_pose_runs(tmp):
+    """`runs` under tmp (shared with the real-photo tests)."""
     cfg = OmegaConf.load(os.path.join(REPO, "configs", "toy", "ilat_pose.yaml")).model.params.first_stage_config
     cfg.params.ckpt_path = None
     torch.manual_seed(0)

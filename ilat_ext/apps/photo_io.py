@@ -117,7 +117,8 @@ def _to_array(image, path: str, what: str) -> Tuple[np.ndarray, Optional[np.ndar
         else:
             rgb = np.asarray(image.convert("RGB")).copy()
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
-        fallback = _cv2_fallback(path)
+        # only TIFF: OpenCV would half-decode a truncated JPEG or PNG without a word
+        fallback = _cv2_fallback(path) if image.format == "TIFF" else None
         if fallback is None:
             raise InputError(f"cannot read {what} {path!r}: the file is truncated or corrupt ({err})") from None
         return fallback
@@ -157,7 +158,8 @@ def read_file(path: str, what: str = "image", max_pixels: Optional[int] = DEFAUL
 
 
 def image_size(path: str, what: str = "image", max_pixels: Optional[int] = DEFAULT_MAX_PIXELS) -> Tuple[int, int]:
-    """(height, width) from the file's header (EXIF orientation 5-8 swaps them), nothing decoded."""
+    """(height, width) from the file's header (EXIF orientation 5-8 swaps them), nothing decoded:
+    the commands check their inputs with it before a model loads. InputError as `read_file`."""
     image = _open(path, what, max_pixels)
     try:
         w, h = image.size
@@ -482,3 +484,11 @@ def paste_edit(original: np.ndarray, mask: np.ndarray, edited: np.ndarray, regio
 def window_of(image: np.ndarray, region: Region, size: int) -> np.ndarray:
     """The region of a full-resolution result at the model's size, for a grid tile beside the decode."""
     return region.to_model(image, size)
+
+
+def check_headers(paths: Sequence[Tuple[str, Optional[str]]], max_pixels: Optional[int] = DEFAULT_MAX_PIXELS) -> None:
+    """`image_size` of each given (what, path) pair (None paths skipped): missing, empty, non-image
+    and oversized files are refused from their headers, before anything heavy happens."""
+    for what, path in paths:
+        if path is not None:
+            image_size(path, what, max_pixels)

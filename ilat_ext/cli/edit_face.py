@@ -204,6 +204,14 @@ def main(argv=None) -> int:
                              ("run", "taming"))
     if missing is not None:
         return missing
+    from ilat_ext.apps.photo_io import InputError, check_headers
+
+    try:     # sizes from the headers, before a model loads
+        check_headers([(flag, getattr(args, flag)) for flag in ("image", "mask", "strokes", "sketch")],
+                      args.max_pixels)
+    except InputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     from ilat_ext.apps import edit
 
     try:

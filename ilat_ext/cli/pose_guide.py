@@ -216,6 +216,13 @@ def main(argv=None) -> int:
                              ("run", "baseline"))
     if missing is not None:
         return missing
+    from ilat_ext.apps.photo_io import InputError, check_headers
+
+    try:     # the reference's size from its header, before a model loads
+        check_headers([("reference image", args.image)], args.max_pixels)
+    except InputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     from ilat_ext.apps import pose_guide as pg
     from ilat_ext.data.pose import resize_pose
 
