@@ -1,7 +1,6 @@
 """ilat_ext.apps.photo_io on generated photo-like files: formats, EXIF, alpha, 16-bit and palette
 images, the pixel limit read from the header, broken files; masks and strokes at other resolutions,
 as paint layers, in both polarities; regions; the paste-back that keeps every pixel outside the mask."""
-import os
 import subprocess
 import sys
 import time

@@ -163,10 +163,28 @@ def image_size(path: str, what: str = "image", max_pixels: Optional[int] = DEFAU
     image = _open(path, what, max_pixels)
     try:
         w, h = image.size
-        orientation = image.getexif().get(0x0112, 1)
+        orientation = _orientation(image)
     finally:
         image.close()
     return (w, h) if orientation in (5, 6, 7, 8) else (h, w)
+
+
+def _orientation(image) -> int:
+    """The EXIF orientation (1 = as stored) without decoding: Pillow's PNG `getexif` loads the
+    pixels to look for an eXIf chunk after the data, so a PNG is asked only for what its header holds."""
+    from PIL import Image
+
+    try:
+        if image.format == "PNG":
+            raw = image.info.get("exif")
+            exif = Image.Exif()
+            if raw:
+                exif.load(raw)
+        else:
+            exif = image.getexif()
+        return int(exif.get(0x0112, 1))
+    except (OSError, ValueError, SyntaxError, TypeError):
+        return 1          # a damaged EXIF block: reading the pixels will say what is wrong
 
 
 @dataclass
