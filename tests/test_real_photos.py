@@ -264,3 +264,26 @@ def test_pose_guiding_on_a_large_reference_photo(runs, tmp_path, capsys):
     assert np.array_equal(result[~mask], source[~mask]) and (result[mask] != source[mask]).any()
     # reference | target pose | mask | warped reference | iLAT | result
     assert photos.decoded(grid).shape[1] == 6 * 64 + 5 * 2
+
+
+def test_compare_on_a_folder_of_your_own_photos(runs, files, tmp_path, capsys):
+    data = tmp_path / "mine"
+    for kind in ("images", "masks", "strokes"):
+        (data / kind).mkdir(parents=True)
+    for name, image, mask, strokes in (("a", "jpg", "mask", "light"), ("b", "wide", "wide_mask", "wide_strokes"),
+                                       ("c", "truncated", "mask", "light")):
+        ext = os.path.splitext(files[image])[1]
+        shutil.copy(files[image], data / "images" / f"{name}{ext}")
+        shutil.copy(files[mask], data / "masks" / f"{name}.png")
+        shutil.copy(files[strokes], data / "strokes" / f"{name}.png")
+    out = tmp_path / "cmp"
+    rc = _main("compare")(["--data", f"photos:{data}", "--run", f"Taming={runs['taming']}:edit",
+                           "--run", f"iLAT={runs['ilat']}", "--no_fid", "--out", str(out), "--device", "cpu"])
+    said = capsys.readouterr().out
+    assert rc == 0
+    assert "truncated or corrupt" in said and f"photos:{data}: 2 photos; skipped 1 unreadable or unusable" in said
+    assert "PSNR outside mask, decode (dB)" in said
+    with open(out / "metrics.csv") as f:
+        assert [line.split(",")[0] for line in f.read().splitlines()[1:]] == ["Taming", "iLAT"]
+    # input | mask | condition | Taming | Taming pasted | iLAT | iLAT pasted, 64 px shown at 128
+    assert photos.decoded(out / "grid.png").shape[1] == 7 * 128

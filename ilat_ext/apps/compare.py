@@ -47,7 +47,7 @@ from ilat_ext.apps.image_io import labelled_grid, tensor_to_uint8
 logger = logging.getLogger(__name__)
 
 MODES = {"local": "sample_local", "edit": "sample_edit"}
-DATA_CHOICES = ("toy_faces", "toy_poses", "config:PATH")
+DATA_CHOICES = ("toy_faces", "toy_poses", "config:PATH", "photos:DIR")
 # Item keys of each task: the edited input, its mask, the condition, the ground truth. A pose model
 # edits the reference frame (cond_image) into the target frame (image); its `edit_inputs` reads the
 # poses itself.
@@ -57,9 +57,11 @@ TASK_KEYS = {"face": dict(image_key="image", mask_key="mask", cond_key="sketch",
 
 @dataclass
 class Method:
-    """A named editing method. edit(batch) -> (B, 3, H, W) in [-1, 1], or an object with `.image`."""
+    """A named editing method. edit(batch) -> (B, 3, H, W) in [-1, 1], or an object with `.image`;
+    `model`: the trained model behind it, if any."""
     name: str
     edit: Callable[[Dict[str, Any]], Any]
+    model: Any = None
 
 
 # --------------------------------------------------------------------------------------- helpers
@@ -129,7 +131,7 @@ def model_method(name: str, model: Any, mode: str = "local", *, image_key: str =
         offset = int(torch.as_tensor(batch["index"]).flatten()[0]) if "index" in batch else 0
         return fn(**kwargs, greedy=greedy, temperature=temperature, top_k=top_k, seed=seed + offset)
 
-    return Method(name, edit)
+    return Method(name, edit, model)
 
 
 def parse_run_spec(spec: str) -> Tuple[str, str, str]:
@@ -175,10 +177,16 @@ def toy_pose_pairs(n: int, size: int = 64, seed: int = 0):
     return torch.utils.data.Subset(test, [i * frames + i % frames for i in range(n)])
 
 
-def build_dataset(data: str, n: int = 16, size: int = 64, seed: int = 0):
-    """`toy_faces` (ToyFaces test split with sketches and masks), `toy_poses` (`toy_pose_pairs`) or
+def build_dataset(data: str, n: int = 16, size: int = 64, seed: int = 0, sketch_style: str = "release",
+                  read_options=None):
+    """`toy_faces` (ToyFaces test split with sketches and masks), `toy_poses` (`toy_pose_pairs`),
     `config:PATH` (a YAML with a top-level `target:`/`params:` dataset whose items have image / mask /
-    condition keys, e.g. a Penn Action or SDF test split)."""
+    condition keys, e.g. a Penn Action or SDF test split) or `photos:DIR` (your own photos, masks and
+    strokes in `ilat-edit-face`'s batch layout, read at `size` px with `sketch_style` and
+    `read_options`: `ilat_ext.apps.edit.PhotoFolder`)."""
+    if data.startswith("photos:"):
+        from ilat_ext.apps.edit import PhotoFolder
+        return PhotoFolder(data[len("photos:"):], size, sketch_style, read_options)
     if data == "toy_faces":
         from ilat_ext.data import ToyFaces
         return ToyFaces(size=size, split="test", length=n, sketch=True, mask=True, seed=seed)

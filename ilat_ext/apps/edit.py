@@ -335,3 +335,38 @@ def list_edit_folder(input_dir: str) -> Tuple[List[Tuple[str, str, str]], Dict[s
         else:
             triples.append((path, mask, strokes))
     return triples, skipped
+
+
+class PhotoFolder(torch.utils.data.Dataset):
+    """A batch-mode folder (`list_edit_folder`'s layouts) as a test set for `ilat_ext.apps.compare`:
+    every usable photo prepared at `size` px (`prepare_inputs` with `sketch_style` and `options`),
+    in taming's item layout: image (S, S, 3) and sketch (S, S, 1) in [-1, 1], mask (S, S, 1) in
+    {0, 1}, index. Files that cannot be used are skipped, with their reasons, in `skipped`
+    ({reason: [paths or "path: message"]}); ValueError when none is left."""
+
+    def __init__(self, input_dir: str, size: int, sketch_style: str = "release",
+                 options: Optional[ReadOptions] = None):
+        triples, self.skipped = list_edit_folder(input_dir)
+        self.skipped["unreadable or unusable"] = []
+        self.items, self.paths = [], []
+        for image, mask, strokes in triples:
+            try:
+                inputs = prepare_inputs(image, mask, strokes, size, sketch_style, None, options)
+            except (OSError, ValueError) as e:
+                self.skipped["unreadable or unusable"].append(f"{image}: {e}")
+                continue
+            self.items.append({"image": inputs.x[0].permute(1, 2, 0).numpy(),
+                               "mask": inputs.mask[0].permute(1, 2, 0).numpy(),
+                               "sketch": inputs.sketch[0].permute(1, 2, 0).numpy()})
+            self.paths.append(image)
+        if not self.items:
+            raise ValueError(f"no usable photo in {input_dir!r} ({self.skipped_summary() or 'the folder is empty'})")
+
+    def skipped_summary(self) -> str:
+        return ", ".join(f"{len(v)} {k}" for k, v in self.skipped.items() if v)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> Dict[str, Any]:
+        return dict(self.items[i], index=i)

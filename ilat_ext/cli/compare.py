@@ -26,8 +26,9 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--run", action="append", default=[], metavar="NAME=LOGDIR[:mode]", required=True,
                    help="a method: a run's log dir (or checkpoint) and mode local|edit; repeatable")
     p.add_argument("--data", default="toy_faces",
-                   help="toy_faces, toy_poses (one held-out pair from each of --n stick-figure test videos) or "
-                        "config:PATH (a target:/params: dataset YAML, e.g. a Penn Action test split)")
+                   help="toy_faces, toy_poses (one held-out pair from each of --n stick-figure test videos), "
+                        "config:PATH (a target:/params: dataset YAML, e.g. a Penn Action test split) or photos:DIR "
+                        "(your photos in ilat-edit-face's batch layout, read at the first run's size)")
     p.add_argument("--task", choices=TASKS, default=None,
                    help="the item keys' defaults: face (image, mask, sketch) or pose (reference cond_image edited "
                         "into the target image); default: pose for --data toy_poses, else face")
@@ -50,6 +51,25 @@ def get_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _photo_folder(args, logdir, model):
+    """`photos:DIR` read like `ilat-edit-face` reads it for the first run (its size, sketch style and
+    whole-image training); the skipped files are printed with their reasons."""
+    from ilat_ext.apps.compare import build_dataset
+    from ilat_ext.apps.edit import ReadOptions
+    from ilat_ext.runs import model_input_size, resolve_run, run_config, sketch_style_of, trained_on_whole_images
+
+    config = run_config(resolve_run(logdir)[0])
+    options = ReadOptions(region="auto", whole_images=trained_on_whole_images(config))
+    dataset = build_dataset(args.data, size=model_input_size(model, config), sketch_style=sketch_style_of(config),
+                            read_options=options)
+    for reason, paths in dataset.skipped.items():
+        for path in paths:
+            print(f"skipped {path}" + ("" if ": " in path else f": {reason}"))
+    print(f"{args.data}: {len(dataset)} photos" + (f"; skipped {dataset.skipped_summary()}"
+                                                    if dataset.skipped_summary() else ""))
+    return dataset
+
+
 def main(argv=None) -> int:
     parser = get_parser()
     args = parser.parse_args(argv)
@@ -63,15 +83,18 @@ def main(argv=None) -> int:
     try:
         device = resolve_device(args.device)
         specs = [parse_run_spec(s) for s in args.run]
-        dataset = build_dataset(args.data, n=args.n, size=args.size, seed=args.seed)
         methods = load_run_methods(specs, device=device, unsafe=args.unsafe_load or None,
                                    image_key=args.image_key, mask_key=args.mask_key, cond_key=args.cond_key,
                                    **sampling_options(args))
+        if args.data.startswith("photos:"):
+            dataset = _photo_folder(args, specs[0][1], methods[0].model)
+        else:
+            dataset = build_dataset(args.data, n=args.n, size=args.size, seed=args.seed)
         compare(methods, dataset, args.out, n=args.n, batch_size=args.batch_size, image_key=args.image_key,
                 mask_key=args.mask_key, cond_key=args.cond_key, target_key=args.target_key, device=device,
                 grid_rows=args.grid_rows, save_images=args.save_images, fid=not args.no_fid,
                 inception=args.inception, fid_dims=args.fid_dims, log=print)
-    except (FileNotFoundError, ValueError, KeyError) as err:
+    except (OSError, ValueError, KeyError) as err:
         message = err.args[0] if isinstance(err, KeyError) and err.args else err
         print(f"compare.py: error: {message}", file=sys.stderr)
         return 2
