@@ -116,7 +116,7 @@ def _to_array(image, path: str, what: str) -> Tuple[np.ndarray, Optional[np.ndar
             rgb = np.repeat(gray[:, :, None], 3, axis=2)
         else:
             rgb = np.asarray(image.convert("RGB")).copy()
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
+    except (OSError, ValueError, SyntaxError, TypeError, Image.DecompressionBombError) as err:
         # only TIFF: OpenCV would half-decode a truncated JPEG or PNG without a word
         fallback = _cv2_fallback(path) if image.format == "TIFF" else None
         if fallback is None:
