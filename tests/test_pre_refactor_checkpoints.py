@@ -30,7 +30,12 @@ def assert_same(actual, expected, where):
         for i, (a, e) in enumerate(zip(actual, expected)):
             assert_same(a, e, f"{where}[{i}]")
     elif isinstance(expected, torch.Tensor) and expected.is_floating_point():
-        torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-5, msg=lambda m: f"{where}: {m}")
+        # The pose models' training loss (poses warped and rasterised before the transformer) moved
+        # by 2.3e-4 relative between the install that recorded it and a fresh one of 2026-12-02,
+        # with the same torch and the same code (f383c50 reproduces it), while every tensor output
+        # still agrees within 1e-5; a scalar loss therefore gets 1e-3 (a changed model moves it more).
+        tol = 1e-3 if where.endswith(".loss") else 1e-5
+        torch.testing.assert_close(actual, expected, rtol=tol, atol=1e-5, msg=lambda m: f"{where}: {m}")
     elif isinstance(expected, torch.Tensor):
         assert torch.equal(torch.as_tensor(actual), expected), where
     else:
