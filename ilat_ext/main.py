@@ -33,7 +33,9 @@ from pytorch_lightning.strategies import DDPStrategy
 
 from ilat_ext import checkpoint as ckpt_io
 from ilat_ext.callbacks import ImageLogger, PeriodicCheckpoint, SetupCallback, SignalCheckpoint
+from ilat_ext.data.checks import DataFilesMissing
 from ilat_ext.data.datamodule import DataModuleFromConfig, WrappedDataset
+from ilat_ext.data.upstream import check_data_files
 from ilat_ext.runs import resolve_run
 from ilat_ext.util import get_obj_from_str, instantiate_from_config, log_to_stdout
 
@@ -329,14 +331,24 @@ def _main(argv: Optional[Sequence[str]]) -> Trainer:
     lightning_config.checkpoint = interval  # saved with the run, so that a resume keeps it
     print(f"Running on {trainer_config['accelerator']} with devices={trainer_config.get('devices', 'auto')}")
 
+    # Upstream datasets that read fixed paths name what is missing before anything is built; ours
+    # raise the same error when built. Either way no run folder is created.
+    try:
+        check_data_files(OmegaConf.to_container(config.data, resolve=True))
+    except DataFilesMissing as err:
+        parser.exit(2, f"{parser.prog}: error: {err}\n")  # one line: the usage says nothing about files
+    # Before the model (which may need weight files) and the logger (which creates the run folder):
+    # missing data is named first and leaves no empty run behind.
+    data = instantiate_from_config(config.data)
+    if isinstance(data, DataModuleFromConfig):
+        try:
+            data.setup("fit")  # builds the datasets (idempotent), as upstream's main.py does before fit
+        except DataFilesMissing as err:
+            parser.exit(2, f"{parser.prog}: error: {err}\n")
+        print("#### Data ####: " + ", ".join(f"{k} {type(v).__name__} {len(v)}" for k, v in data.datasets.items()))
     model = instantiate_from_config(config.model)
     if hasattr(model, "build_config"):
         model.build_config = OmegaConf.to_container(config.model, resolve=True)
-    # Before the logger, which creates the run folder: missing data leaves no empty run behind.
-    data = instantiate_from_config(config.data)
-    if isinstance(data, DataModuleFromConfig):
-        data.setup("fit")  # builds the datasets (idempotent), as upstream's main.py does before fit
-        print("#### Data ####: " + ", ".join(f"{k} {type(v).__name__} {len(v)}" for k, v in data.datasets.items()))
     will_test = (not opt.no_test and "test" in getattr(data, "dataset_configs", {})
                  and _overrides(model, "test_step"))
     if not opt.train and not will_test:

@@ -27,6 +27,10 @@ UPSTREAM_TARGET_ALIASES = {
     "taming.modules.losses.VQLPIPSWithDiscriminator": "ilat_ext.modules.losses.VQLPIPSWithDiscriminator",
     # same constructor and parameter names, plus the boolean attention mask and KV cache local sampling needs
     "taming.modules.transformer.mingpt.GPT": "ilat_ext.modules.gpt.GPT",
+    # upstream's own-data recipe (configs/custom_vqgan.yaml); the PyPI package has no taming/data/custom.py
+    "taming.data.custom.CustomBase": "ilat_ext.data.custom.CustomBase",
+    "taming.data.custom.CustomTrain": "ilat_ext.data.custom.CustomTrain",
+    "taming.data.custom.CustomTest": "ilat_ext.data.custom.CustomTest",
 }
 
 # Our own targets that moved to another module, old dotted path -> new one. A run saves the config
