@@ -248,16 +248,30 @@ def _eval_loss(run_dir):
     return (x - xrec).abs().mean().item()
 
 
-@pytest.mark.slow
-def test_kill_minus_9_soak_resumes_to_exactly_max_steps(tmp_path):
-    rng = random.Random(24)
-    base = ["--base", TOY_VQGAN, "-t", "--max_steps", str(MAX_STEPS), "--save_every_n_steps", str(SAVE_EVERY), *TINY]
-    (tmp_path / "work").mkdir()
+BASE = ["--base", TOY_VQGAN, "-t", "--max_steps", str(MAX_STEPS), *TINY]
+# Two ways to save mid-epoch: our flag, and Lightning's ModelCheckpoint set by a config override
+# (the way issue 24 met a resumed run that ended short of max_steps).
+SAVING = {"flag": ["--save_every_n_steps", str(SAVE_EVERY)],
+          "modelcheckpoint": [f"lightning.modelcheckpoint.params.every_n_train_steps={SAVE_EVERY}"]}
 
-    reference_logs = str(tmp_path / "work" / "reference")
-    _, _, last, reference = _main_process(reference_logs, base)
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    """A toy run of MAX_STEPS steps never interrupted: (run dir, {step: (loss, lr)})."""
+    logs = str(tmp_path_factory.mktemp("uninterrupted") / "logs")
+    _, _, last, steps = _main_process(logs, BASE)
     assert last == MAX_STEPS
-    (reference_run,) = glob.glob(os.path.join(reference_logs, "*"))
+    (run_dir,) = glob.glob(os.path.join(logs, "*"))
+    return run_dir, steps
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("saving", sorted(SAVING))
+def test_kill_minus_9_soak_resumes_to_exactly_max_steps(tmp_path, uninterrupted, saving):
+    rng = random.Random(24 if saving == "flag" else 680)
+    reference_run, reference = uninterrupted
+    base = BASE + SAVING[saving]
+    (tmp_path / "work").mkdir()
 
     logs = str(tmp_path / "work" / "killed")
     # after the first save, so that there is a run to resume; each a random delay after a step
@@ -279,7 +293,7 @@ def test_kill_minus_9_soak_resumes_to_exactly_max_steps(tmp_path):
     code, start, last, steps = _main_process(logs, args)
     assert start == on_disk
     seen.update(steps)
-    print(f"soak: kills after steps {kills}, steps lost per kill {lost}, final step {last}")
+    print(f"soak ({saving}): kills after steps {kills}, steps lost per kill {lost}, final step {last}")
 
     final = load_checkpoint(os.path.join(run_dir, "checkpoints", "last.ckpt"))
     assert last == MAX_STEPS and final["global_step"] == MAX_STEPS
@@ -297,5 +311,5 @@ def test_kill_minus_9_soak_resumes_to_exactly_max_steps(tmp_path):
     assert temp_files(os.path.join(run_dir, "checkpoints")) == []
     # the loss after the final resume is within noise of the uninterrupted run's
     killed_loss, reference_loss = _eval_loss(run_dir), _eval_loss(reference_run)
-    print(f"soak: L1 after the final resume {killed_loss:.4f}, uninterrupted {reference_loss:.4f}")
+    print(f"soak ({saving}): L1 after the final resume {killed_loss:.4f}, uninterrupted {reference_loss:.4f}")
     assert abs(killed_loss - reference_loss) < 0.1 * reference_loss, (killed_loss, reference_loss)
