@@ -286,7 +286,9 @@ class PeriodicCheckpoint(Callback):
         self._last_save_time = time.monotonic()
 
     def _clock_due(self, trainer) -> bool:
-        due = self.every_minutes is not None and time.monotonic() - self._last_save_time >= 60.0 * self.every_minutes
+        if self.every_minutes is None:
+            return False
+        due = time.monotonic() - self._last_save_time >= 60.0 * self.every_minutes
         if trainer.world_size > 1:  # every rank must take part in the save: rank 0's clock decides
             due = bool(trainer.strategy.broadcast(due, src=0))
         return due
@@ -296,8 +298,9 @@ class PeriodicCheckpoint(Callback):
         trainer.save_checkpoint(self.ckpt_path, weights_only=False)
         self._last_saved_step = trainer.global_step
         self._last_save_time = time.monotonic()
-        logger.info("Saved %s at step %d (%s, %.1f s)", self.ckpt_path, trainer.global_step, why,
-                    self._last_save_time - started)
+        if trainer.global_rank == 0:
+            logger.info("Saved %s at step %d (%s, %.1f s)", self.ckpt_path, trainer.global_step, why,
+                        self._last_save_time - started)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         step = trainer.global_step

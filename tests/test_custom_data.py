@@ -141,3 +141,47 @@ def test_unconditional_transformer_as_upstreams_custom_transformer_yaml():
     config["cond_stage_key"] = "image"
     model = TamingTransformer(**config, unconditional=True)
     assert model.be_unconditional and model.cond_stage_key == "image"
+
+
+# Every target in upstream's configs/ (CompVis/taming-transformers), by how it resolves here.
+UPSTREAM_RESOLVING = [
+    "taming.models.vqgan.VQModel", "taming.models.vqgan.VQSegmentationModel",
+    "taming.models.cond_transformer.Net2NetTransformer", "taming.modules.transformer.mingpt.GPT",
+    "taming.modules.losses.vqperceptual.VQLPIPSWithDiscriminator", "taming.modules.losses.DummyLoss",
+    "taming.modules.losses.segmentation.BCELossWithQuant", "taming.models.dummy_cond_stage.DummyCondStage",
+    "taming.data.custom.CustomTrain", "taming.data.custom.CustomTest", "main.DataModuleFromConfig",
+    "cutlit.DataModuleFromConfig"]
+# upstream's classes (they need albumentations), their files checked first
+UPSTREAM_NEEDING_FILES = [
+    "taming.data.imagenet.ImageNetTrain", "taming.data.imagenet.ImageNetValidation",
+    "taming.data.faceshq.FacesHQTrain", "taming.data.faceshq.FacesHQValidation",
+    "taming.data.coco.CocoImagesAndCaptionsTrain", "taming.data.sflckr.Examples"]
+# neither in the PyPI package nor ported (docs/training.md says so)
+UPSTREAM_NOT_PORTED = ["taming.models.vqgan.AutoencoderKL", "taming.modules.misc.coord.CoordStage",
+                       "taming.data.annotated_objects_coco.AnnotatedObjectsCoco",
+                       "taming.data.annotated_objects_open_images.AnnotatedObjectsOpenImages"]
+
+
+def test_upstream_config_targets_resolve_or_say_what_they_need():
+    from ilat_ext.data.upstream import NOT_PORTED, UPSTREAM_DATA_FILES
+
+    for target in UPSTREAM_RESOLVING:
+        assert callable(get_obj_from_str(target)), target
+    assert all(t in UPSTREAM_DATA_FILES for t in UPSTREAM_NEEDING_FILES)
+    assert [t for t in UPSTREAM_NOT_PORTED if t.startswith(tuple(NOT_PORTED))] == UPSTREAM_NOT_PORTED[2:]
+    docs = open(os.path.join(REPO, "docs", "training.md")).read()
+    assert "`taming.models.vqgan.AutoencoderKL`" in docs and "`taming.modules.misc.coord.CoordStage`" in docs
+
+
+def test_dummy_cond_stage_and_bce_loss_with_quant_behave_as_upstreams():
+    stage = get_obj_from_str("taming.models.dummy_cond_stage.DummyCondStage")(conditional_key="objects_bbox")
+    c = torch.randint(0, 10, (2, 5))
+    quant, _, (_, _, indices) = stage.encode(c)
+    assert quant is c and indices is c and stage.decode(c) is c and not list(stage.parameters())
+    loss_fn = get_obj_from_str("taming.modules.losses.segmentation.BCELossWithQuant")(codebook_weight=0.5)
+    target = (torch.rand(2, 3, 4, 4) > 0.5).float()
+    logits = torch.randn(2, 3, 4, 4)
+    loss, log = loss_fn(torch.tensor(0.2), target, logits, split="val")
+    p = torch.sigmoid(logits)
+    bce = -(target * p.log() + (1 - target) * (1 - p).log()).mean()
+    assert torch.allclose(loss, bce + 0.1, atol=1e-5) and set(log) == {"val/total_loss", "val/bce_loss", "val/quant_loss"}
