@@ -185,3 +185,13 @@ def test_dummy_cond_stage_and_bce_loss_with_quant_behave_as_upstreams():
     p = torch.sigmoid(logits)
     bce = -(target * p.log() + (1 - target) * (1 - p).log()).mean()
     assert torch.allclose(loss, bce + 0.1, atol=1e-5) and set(log) == {"val/total_loss", "val/bce_loss", "val/quant_loss"}
+
+
+def test_docstring_examples():
+    import doctest
+
+    from ilat_ext.data import custom, upstream
+
+    for module in (custom, upstream):
+        failures, attempted = doctest.testmod(module)
+        assert attempted and not failures, module.__name__
