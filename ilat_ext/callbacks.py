@@ -1,4 +1,5 @@
-"""Lightning-2 callbacks behind main.py: run-directory setup, image logging, SIGUSR1 checkpoints.
+"""Lightning-2 callbacks behind main.py: run-directory setup, image logging, periodic and SIGUSR1
+checkpoints.
 
 Ports of upstream taming's `SetupCallback` and `ImageLogger` (same constructor arguments, so
 upstream configs that name `main.ImageLogger` keep working) onto Lightning 2 hooks:
@@ -7,7 +8,8 @@ upstream configs that name `main.ImageLogger` keep working) onto Lightning 2 hoo
 import logging
 import os
 import signal
-from typing import Dict, Mapping, Tuple
+import time
+from typing import Dict, Mapping, Optional, Tuple
 
 import numpy as np
 import pytorch_lightning as pl
@@ -18,6 +20,8 @@ from PIL import Image
 from pytorch_lightning.callbacks import Callback
 from pytorch_lightning.utilities import rank_zero_only
 from pytorch_lightning.utilities.model_helpers import is_overridden
+
+from ilat_ext.checkpoint import remove_stale_temp_files
 
 logger = logging.getLogger(__name__)
 
@@ -238,3 +242,80 @@ class SignalCheckpoint(Callback):
             self._requested = False
             logger.warning("Signal received: saving %s", self.ckpt_path)
             trainer.save_checkpoint(self.ckpt_path, weights_only=False)
+
+
+class PeriodicCheckpoint(Callback):
+    """Rewrites `last.ckpt` every `every_n_steps` optimizer steps and/or every `every_minutes`
+    minutes of training, and once more when training ends, so that a process killed without warning
+    (SIGKILL, a lost node, the OOM killer), which no signal handler sees, loses at most one interval.
+
+    Args:
+        ckpt_path (str): the file to rewrite (main.py: `<run>/checkpoints/last.ckpt`).
+        every_n_steps (int, defaults to None): save when `global_step` is a multiple of it.
+        every_minutes (float, defaults to 30.0): save when this much wall-clock time has passed
+            since the last save (or the start of training); 0 or None turns the clock off.
+
+    Saving goes through `trainer.save_checkpoint`, i.e. main.py's `SafeCheckpointIO`, which writes a
+    temp file, fsyncs and renames it: the previous `last.ckpt` stays whole if a write fails. The save
+    happens in `on_train_batch_end`, where Lightning's own step checkpoints are made, so a resume
+    continues the loops, optimizers and schedulers exactly. At the start of fit, temp files that a
+    killed writer left in the folder are removed. Under DDP rank 0's clock decides for all ranks.
+    """
+
+    def __init__(self, ckpt_path: str, every_n_steps: Optional[int] = None, every_minutes: Optional[float] = 30.0):
+        super().__init__()
+        if every_n_steps is not None and (isinstance(every_n_steps, bool) or not isinstance(every_n_steps, int)
+                                          or every_n_steps < 1):
+            raise ValueError(f"every_n_steps must be a positive integer or None, got {every_n_steps!r}")
+        if every_minutes is not None and (isinstance(every_minutes, bool) or not isinstance(every_minutes, (int, float))
+                                          or every_minutes < 0):
+            raise ValueError(f"every_minutes must be a non-negative number or None, got {every_minutes!r}")
+        self.ckpt_path = ckpt_path
+        self.every_n_steps = every_n_steps
+        self.every_minutes = float(every_minutes) if every_minutes else None
+        self._last_saved_step: Optional[int] = None
+        self._last_save_time = time.monotonic()
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        if trainer.global_rank == 0:
+            for path in remove_stale_temp_files(os.path.dirname(os.path.abspath(self.ckpt_path))):
+                logger.warning("Removed %s, left by a checkpoint write that was killed", path)
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self._last_saved_step = trainer.global_step  # a resumed run's checkpoint already holds this step
+        self._last_save_time = time.monotonic()
+
+    def _clock_due(self, trainer) -> bool:
+        if self.every_minutes is None:
+            return False
+        due = time.monotonic() - self._last_save_time >= 60.0 * self.every_minutes
+        if trainer.world_size > 1:  # every rank must take part in the save: rank 0's clock decides
+            due = bool(trainer.strategy.broadcast(due, src=0))
+        return due
+
+    def _save(self, trainer, why: str) -> None:
+        started = time.monotonic()
+        trainer.save_checkpoint(self.ckpt_path, weights_only=False)
+        self._last_saved_step = trainer.global_step
+        self._last_save_time = time.monotonic()
+        if trainer.global_rank == 0:
+            logger.info("Saved %s at step %d (%s, %.1f s)", self.ckpt_path, trainer.global_step, why,
+                        self._last_save_time - started)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        step = trainer.global_step
+        if step == self._last_saved_step:  # accumulating, or this step is saved already
+            return
+        if self.every_n_steps is not None and step % self.every_n_steps == 0:
+            self._save(trainer, f"every {self.every_n_steps} steps")
+        elif self._clock_due(trainer):
+            self._save(trainer, f"every {self.every_minutes:g} minutes")
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        # The final step, unless Lightning's ModelCheckpoint has just written it to the same file.
+        step = trainer.global_step
+        checkpoint = trainer.checkpoint_callback
+        written = (checkpoint is not None and getattr(checkpoint, "_last_global_step_saved", None) == step
+                   and os.path.abspath(getattr(checkpoint, "last_model_path", "") or "") == os.path.abspath(self.ckpt_path))
+        if step != self._last_saved_step and step > 0 and not written:
+            self._save(trainer, "end of training")

@@ -267,17 +267,42 @@ def load_state_dict_report(module: nn.Module, state_dict: Mapping[str, Any], ign
     return report
 
 
+TEMP_SUFFIX = ".tmp"
+
+
+def _temp_path(path: str) -> str:
+    directory, name = os.path.split(path)
+    return os.path.join(directory, f".{name}.{uuid.uuid4().hex}{TEMP_SUFFIX}")
+
+
+def _fsync_directory(directory: str) -> None:
+    """Make a rename in `directory` durable (POSIX); a no-op where directories cannot be opened."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:  # Windows
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 def atomic_save(obj: Any, path: Union[str, os.PathLike]) -> None:
     """`torch.save(obj, path)` that never leaves a half-written file at `path`.
 
-    Writes `.<name>.<random>.tmp` next to `path`, fsyncs it and renames it over `path` with
-    `os.replace`, which is atomic on POSIX and Windows within one filesystem. If the write fails, the
-    temp file is removed and an existing file at `path` is left intact.
+    Writes `.<name>.<random hex>.tmp` next to `path`, fsyncs it, renames it over `path` with
+    `os.replace` (atomic on POSIX and Windows within one filesystem) and fsyncs the folder, so that
+    after a crash or a power cut `path` is either the old file or the new one. If the write fails
+    (a full disk, an interrupt), the temp file is removed and an existing file at `path` is left as
+    it was. A process killed with SIGKILL mid-write leaves its temp file behind:
+    `remove_stale_temp_files` clears those.
     """
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
+    path = os.path.abspath(os.fspath(path))
+    directory = os.path.dirname(path)
     os.makedirs(directory, exist_ok=True)
-    tmp = os.path.join(directory, f".{os.path.basename(path)}.{uuid.uuid4().hex}.tmp")
+    tmp = _temp_path(path)
     try:
         torch.save(obj, tmp)
         fd = os.open(tmp, os.O_RDONLY)
@@ -290,6 +315,31 @@ def atomic_save(obj: Any, path: Union[str, os.PathLike]) -> None:
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+    _fsync_directory(directory)
+
+
+_TEMP_NAME = re.compile(r"\..+\.[0-9a-f]{32}" + re.escape(TEMP_SUFFIX))
+
+
+def temp_files(directory: Union[str, os.PathLike]) -> List[str]:
+    """The temp files `atomic_save` left in `directory` (a writer that was killed), sorted."""
+    directory = os.fspath(directory)
+    if not os.path.isdir(directory):
+        return []
+    return sorted(os.path.join(directory, n) for n in os.listdir(directory) if _TEMP_NAME.fullmatch(n))
+
+
+def remove_stale_temp_files(directory: Union[str, os.PathLike]) -> List[str]:
+    """Delete the temp files of `atomic_save` writers that died in `directory`; returns their paths.
+    Only call it when no other process is writing there (main.py does, before training starts)."""
+    removed = []
+    for path in temp_files(directory):
+        try:
+            os.remove(path)
+            removed.append(path)
+        except FileNotFoundError:
+            pass
+    return removed
 
 
 class SafeCheckpointIO(TorchCheckpointIO):

@@ -6,13 +6,15 @@
 
 Configs are merged left to right, then `key=value` dot-list overrides. Sections: `model`
 (`base_learning_rate`, `target`, `params`), `data`, `lightning` (`trainer`, `callbacks`,
-`logger`, `modelcheckpoint`). Runs are written to `logs/<%Y-%m-%dT%H-%M-%S>_<name>/` with
+`logger`, `modelcheckpoint`, `checkpoint`). Runs are written to `logs/<%Y-%m-%dT%H-%M-%S>_<name>/` with
 `checkpoints/` (`last.ckpt`, `{epoch:06}.ckpt`), `configs/` and `images/`; TensorBoard events go
 to `tensorboard/`. What changed from upstream, and why:
 - Trainer flags are explicit options (Lightning 2 dropped `Trainer.add_argparse_args`); legacy
   trainer keys in configs (`gpus`, `distributed_backend`, `resume_from_checkpoint`) are translated.
 - Checkpoints are read through `ilat_ext.checkpoint` (no arbitrary unpickling unless
-  `--unsafe-load`) and written atomically.
+  `--unsafe-load`) and written atomically; `last.ckpt` is also rewritten every 30 minutes (and/or
+  every N steps: `--save_every_minutes`, `--save_every_n_steps`, `lightning.checkpoint`), so that a
+  SIGKILL loses at most one interval; upstream saved only at epoch ends and on signals.
 - Under DDP every process computes the same run directory (the launcher's children inherit it).
 """
 import argparse
@@ -30,13 +32,15 @@ from pytorch_lightning import Trainer, seed_everything
 from pytorch_lightning.strategies import DDPStrategy
 
 from ilat_ext import checkpoint as ckpt_io
-from ilat_ext.callbacks import ImageLogger, SetupCallback, SignalCheckpoint
+from ilat_ext.callbacks import ImageLogger, PeriodicCheckpoint, SetupCallback, SignalCheckpoint
+from ilat_ext.data.checks import DataFilesMissing
 from ilat_ext.data.datamodule import DataModuleFromConfig, WrappedDataset
+from ilat_ext.data.upstream import check_data_files
 from ilat_ext.runs import resolve_run
 from ilat_ext.util import get_obj_from_str, instantiate_from_config, log_to_stdout
 
 __all__ = ["main", "get_parser", "instantiate_from_config", "get_obj_from_str", "DataModuleFromConfig",
-           "WrappedDataset", "SetupCallback", "ImageLogger", "LearningRateMonitor", "parse_gpus"]
+           "WrappedDataset", "SetupCallback", "ImageLogger", "PeriodicCheckpoint", "LearningRateMonitor", "parse_gpus"]
 
 from pytorch_lightning.callbacks import LearningRateMonitor  # noqa: E402  (upstream configs name main.LearningRateMonitor)
 
@@ -48,6 +52,9 @@ _TRAINER_FLAGS = {
     "val_check_interval": float, "check_val_every_n_epoch": int, "log_every_n_steps": int,
     "gradient_clip_val": float, "benchmark": None, "deterministic": None,
 }
+# `lightning.checkpoint` keys (PeriodicCheckpoint), also flags of the same name.
+_CHECKPOINT_KEYS = ("save_every_n_steps", "save_every_minutes")
+DEFAULT_SAVE_EVERY_MINUTES = 30.0
 
 
 def str2bool(value) -> bool:
@@ -79,6 +86,11 @@ def get_parser(**parser_kwargs) -> argparse.ArgumentParser:
                         help="allow full unpickling of checkpoints (runs pickled code: trusted files only)")
     parser.add_argument("--gpus", type=str, default=None,
                         help="GPU ids as upstream: '0,' = GPU 0, '0,1' = GPUs 0 and 1, '2' = two GPUs")
+    parser.add_argument("--save_every_n_steps", type=int, default=None,
+                        help="rewrite checkpoints/last.ckpt every N optimizer steps (also lightning.checkpoint)")
+    parser.add_argument("--save_every_minutes", type=float, default=None,
+                        help=f"rewrite checkpoints/last.ckpt every M minutes of training, default "
+                             f"{DEFAULT_SAVE_EVERY_MINUTES:g}; 0 turns it off (also lightning.checkpoint)")
     for flag, kind in _TRAINER_FLAGS.items():
         if kind is None:
             parser.add_argument(f"--{flag}", type=str2bool, nargs="?", const=True, default=None)
@@ -189,6 +201,26 @@ def _build_trainer_config(opt: argparse.Namespace, lightning_config: DictConfig)
     return trainer_config
 
 
+def _checkpoint_interval(opt: argparse.Namespace, lightning_config: DictConfig) -> dict:
+    """`lightning.checkpoint` with the command line's flags on top: {save_every_n_steps, save_every_minutes}."""
+    section = lightning_config.get("checkpoint") or OmegaConf.create()
+    values = OmegaConf.to_container(section, resolve=True)
+    unknown = sorted(set(values) - set(_CHECKPOINT_KEYS))
+    if unknown:
+        raise ValueError(f"lightning.checkpoint has unknown keys {unknown}; allowed: {list(_CHECKPOINT_KEYS)}")
+    values.setdefault("save_every_n_steps", None)
+    values.setdefault("save_every_minutes", DEFAULT_SAVE_EVERY_MINUTES)
+    for key in _CHECKPOINT_KEYS:
+        if getattr(opt, key) is not None:
+            values[key] = getattr(opt, key)
+    steps, minutes = values["save_every_n_steps"], values["save_every_minutes"]
+    if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
+        raise ValueError(f"save_every_n_steps must be a positive integer, got {steps!r}")
+    if minutes is not None and (isinstance(minutes, bool) or not isinstance(minutes, (int, float)) or minutes < 0):
+        raise ValueError(f"save_every_minutes must be a number >= 0 (0: off), got {minutes!r}")
+    return values
+
+
 def _strategy_for(trainer_config: dict, model) -> object:
     """DDP for several processes. Models with parameters that a backward pass may not reach (a GAN
     trained with two backward passes per batch, frozen first stages) need find_unused_parameters."""
@@ -292,16 +324,31 @@ def _main(argv: Optional[Sequence[str]]) -> Trainer:
     lightning_config = config.pop("lightning", OmegaConf.create())
     trainer_config = _build_trainer_config(opt, lightning_config)
     lightning_config.trainer = trainer_config
+    try:
+        interval = _checkpoint_interval(opt, lightning_config)
+    except ValueError as err:
+        parser.error(str(err))
+    lightning_config.checkpoint = interval  # saved with the run, so that a resume keeps it
     print(f"Running on {trainer_config['accelerator']} with devices={trainer_config.get('devices', 'auto')}")
 
+    # Upstream datasets that read fixed paths name what is missing before anything is built; ours
+    # raise the same error when built. Either way no run folder is created.
+    try:
+        check_data_files(OmegaConf.to_container(config.data, resolve=True))
+    except DataFilesMissing as err:
+        parser.exit(2, f"{parser.prog}: error: {err}\n")  # one line: the usage says nothing about files
+    # Before the model (which may need weight files) and the logger (which creates the run folder):
+    # missing data is named first and leaves no empty run behind.
+    data = instantiate_from_config(config.data)
+    if isinstance(data, DataModuleFromConfig):
+        try:
+            data.setup("fit")  # builds the datasets (idempotent), as upstream's main.py does before fit
+        except DataFilesMissing as err:
+            parser.exit(2, f"{parser.prog}: error: {err}\n")
+        print("#### Data ####: " + ", ".join(f"{k} {type(v).__name__} {len(v)}" for k, v in data.datasets.items()))
     model = instantiate_from_config(config.model)
     if hasattr(model, "build_config"):
         model.build_config = OmegaConf.to_container(config.model, resolve=True)
-    # Before the logger, which creates the run folder: missing data leaves no empty run behind.
-    data = instantiate_from_config(config.data)
-    if isinstance(data, DataModuleFromConfig):
-        data.setup("fit")  # builds the datasets (idempotent), as upstream's main.py does before fit
-        print("#### Data ####: " + ", ".join(f"{k} {type(v).__name__} {len(v)}" for k, v in data.datasets.items()))
     will_test = (not opt.no_test and "test" in getattr(data, "dataset_configs", {})
                  and _overrides(model, "test_step"))
     if not opt.train and not will_test:
@@ -339,6 +386,8 @@ def _main(argv: Optional[Sequence[str]]) -> Trainer:
     callbacks = [instantiate_from_config(callbacks_cfg[k]) for k in callbacks_cfg]
     callbacks.append(instantiate_from_config(modelckpt_cfg))
     callbacks.append(SignalCheckpoint(os.path.join(ckptdir, "last.ckpt")))
+    callbacks.append(PeriodicCheckpoint(os.path.join(ckptdir, "last.ckpt"), every_n_steps=interval["save_every_n_steps"],
+                                        every_minutes=interval["save_every_minutes"]))
     trainer_kwargs["callbacks"] = callbacks
     trainer_kwargs["plugins"] = [ckpt_io.SafeCheckpointIO(unsafe=opt.unsafe_load)]
     trainer_kwargs.setdefault("default_root_dir", logdir)

@@ -27,6 +27,14 @@ UPSTREAM_TARGET_ALIASES = {
     "taming.modules.losses.VQLPIPSWithDiscriminator": "ilat_ext.modules.losses.VQLPIPSWithDiscriminator",
     # same constructor and parameter names, plus the boolean attention mask and KV cache local sampling needs
     "taming.modules.transformer.mingpt.GPT": "ilat_ext.modules.gpt.GPT",
+    # upstream's own-data recipe (configs/custom_vqgan.yaml); the PyPI package has no taming/data/custom.py
+    "taming.data.custom.CustomBase": "ilat_ext.data.custom.CustomBase",
+    "taming.data.custom.CustomTrain": "ilat_ext.data.custom.CustomTrain",
+    "taming.data.custom.CustomTest": "ilat_ext.data.custom.CustomTest",
+    # named by upstream configs, absent from the PyPI package
+    "taming.models.dummy_cond_stage.DummyCondStage": "ilat_ext.models.stages.DummyCondStage",
+    "taming.modules.losses.segmentation.BCELossWithQuant": "ilat_ext.modules.losses.BCELossWithQuant",
+    "cutlit.DataModuleFromConfig": "ilat_ext.data.datamodule.DataModuleFromConfig",  # upstream's typo for main.
 }
 
 # Our own targets that moved to another module, old dotted path -> new one. A run saves the config

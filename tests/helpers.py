@@ -53,6 +53,20 @@ class SendSignalAt(Callback):
                 f.write(str(step))
 
 
+class PrintSteps(Callback):
+    """Prints `ILAT_STEP <global_step> <aeloss> <lr>` after every training batch and
+    `ILAT_START <global_step>` when training starts, flushed, for tests that watch a main.py
+    subprocess (the kill -9 soak test)."""
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        print(f"ILAT_START {trainer.global_step}", flush=True)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        loss = float(trainer.callback_metrics.get("train/aeloss_step", float("nan")))
+        lr = trainer.optimizers[0].param_groups[0]["lr"]
+        print(f"ILAT_STEP {trainer.global_step} {loss:.6f} {lr:.8e}", flush=True)
+
+
 class InterruptAt(Callback):
     """Raises KeyboardInterrupt after `step` optimizer steps, as Ctrl-C would."""
 

@@ -15,6 +15,8 @@ def test_two_cpu_processes_end_with_identical_weights(tmp_path):
            "data.params.batch_size=4", "data.params.train.params.length=64",
            "model.params.lossconfig.params.disc_start=2",  # both the generator and the discriminator step
            "lightning.trainer.val_check_interval=1.0",
+           # periodic last.ckpt under DDP: by steps, and by rank 0's clock (due at every step), broadcast
+           "--save_every_n_steps", "3", "--save_every_minutes", "0.0001",
            "lightning.callbacks.dump.target=tests.helpers.RankWeightsDump",
            f"lightning.callbacks.dump.params.out_dir={dump}"]
     env = dict(os.environ, PYTHONPATH=REPO, OMP_NUM_THREADS="1")
@@ -32,3 +34,6 @@ def test_two_cpu_processes_end_with_identical_weights(tmp_path):
     assert any(k.startswith("loss.discriminator.") for k in moved)  # the discriminator was trained too
     runs = os.listdir(tmp_path / "logs")
     assert len(runs) == 1, runs  # both processes agreed on one run directory
+    last = tmp_path / "logs" / runs[0] / "checkpoints" / "last.ckpt"
+    assert torch.load(last, weights_only=True)["global_step"] == 4
+    assert "Saved " in proc.stdout and "(every 0.0001 minutes" in proc.stdout

@@ -13,6 +13,12 @@ config fails where it is read rather than deep inside a DataLoader worker.
 import numpy as np
 
 
+class DataFilesMissing(FileNotFoundError):
+    """A dataset's files are not where its config or its class says; the message names the path and
+    what to put there. main.py builds the data before it creates a run folder, and reports this
+    error in one line with exit code 2."""
+
+
 def check_item_index(index, length: int, owner: str) -> int:
     """`index` of a dataset of `length` items as an int in [0, length); negative indices count from
     the end, as for a list. TypeError for a non-integer, IndexError naming `owner` out of range."""

@@ -60,7 +60,7 @@ class EditResult:
 
 
 class TamingTransformer(TokenTraining, TransformerOptimization, CheckpointMixin, _UpstreamNet2Net):
-    """Upstream's constructor plus `sos_token`, `learning_rate`, `weight_decay`, `betas`, `mask_key`,
+    """Upstream's constructor (with its later `unconditional`) plus `sos_token`, `learning_rate`, `weight_decay`, `betas`, `mask_key`,
     the schedule (`warmup_steps`, `decay_steps`) and the conditioning options of ours
     (`ilat_ext.models.options.ConditioningOptions`: `pos_emb_init`, `aligned_condition`,
     `aligned_kernel`). Any other keyword is refused (a removed option with the reason it went).
@@ -81,8 +81,11 @@ class TamingTransformer(TokenTraining, TransformerOptimization, CheckpointMixin,
                  sos_token: int = 0, learning_rate: Optional[float] = None, weight_decay: float = 0.01,
                  betas: Tuple[float, float] = (0.9, 0.95), mask_key: str = "mask", warmup_steps: int = 0,
                  decay_steps: Union[int, str, None] = None, pos_emb_init: Optional[str] = None,
-                 aligned_condition: bool = False, aligned_kernel: int = 1, **removed_options):
+                 aligned_condition: bool = False, aligned_kernel: int = 1, unconditional: bool = False,
+                 **removed_options):
         reject_options(type(self).__name__, removed_options)
+        if unconditional:  # upstream's later spelling (configs/custom_transformer.yaml): cond_stage_config is unused
+            cond_stage_config = "__is_unconditional__"
         warmup_steps, decay_steps = check_schedule(warmup_steps, decay_steps)
         self.conditioning = ConditioningOptions(pos_emb_init, aligned_condition, aligned_kernel)
         self.be_unconditional = cond_stage_config == "__is_unconditional__"

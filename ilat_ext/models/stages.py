@@ -36,6 +36,28 @@ class SOSProvider(nn.Module):
         return None, None, (None, None, c)
 
 
+class DummyCondStage(nn.Module):
+    """Upstream's `taming.models.dummy_cond_stage.DummyCondStage` (absent from the PyPI package): a
+    condition that is already tokens (the scene-image configs' `objects_bbox`), passed through.
+
+    `encode(c (B, L) long)` -> `(c, None, (None, None, c))`; `decode(c)` -> `c`. An `nn.Module` without
+    parameters (upstream's is a plain object), so that freezing it as a stage works.
+    """
+
+    def __init__(self, conditional_key: str = "objects_bbox"):
+        super().__init__()
+        self.conditional_key = conditional_key
+
+    def encode(self, c: torch.Tensor):
+        return c, None, (None, None, c)
+
+    def decode(self, c: torch.Tensor) -> torch.Tensor:
+        return c
+
+    def to_rgb(self, c: torch.Tensor) -> torch.Tensor:
+        return c
+
+
 def stage_fingerprint(module: nn.Module) -> str:
     """sha256 (hex) of a frozen stage: its class, every state-dict entry's name, dtype, shape and bytes
     in name order, and the SOSProvider's token. Equal for the same weights on any device."""

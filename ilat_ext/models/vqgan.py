@@ -12,7 +12,9 @@ names are upstream's, so public checkpoints load unchanged. What differs, and wh
 - Optional codebook initialisation from data (`codebook_init`: "data" or "kmeans") and a
   quantiser warm-up (`quant_warmup_steps`): a plain autoencoder for the first steps, then the
   codebook = k-means of its encoder outputs. Small models trained for minutes (the toy configs)
-  need both; see `init_codebook_from`.
+  need both; see `init_codebook_from`. Checkpoints carry the warm-up's state (whether the codebook
+  is still to be set, and the features collected for it), so a run resumed from any step, even the
+  warm-up's last, quantises from the same step with the same codebook as one never interrupted.
 - The encoder is `ilat_ext.modules.encoder.Encoder`: upstream's, plus the presets (`norm_type`,
   `norm_groups`, `mid_attn`) that upstream's silently ignores.
 - `init_from_ckpt` goes through the safe loader and reports missing/unexpected keys.
@@ -224,6 +226,22 @@ class VQModel(CheckpointMixin, _UpstreamVQModel):
                 self.init_codebook_from(self.get_input(batch, self.image_key))
         self._feature_buffer = []
         self._codebook_pending = False
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        super().on_save_checkpoint(checkpoint)
+        # Callbacks' on_train_batch_end (where step checkpoints are written) runs before ours, so a
+        # checkpoint of the warm-up's last step still has the codebook to set: keep what it is set from.
+        checkpoint["ilat_ext"]["quantizer"] = {
+            "codebook_pending": bool(self._codebook_pending),
+            "features": [f.cpu() for f in self._feature_buffer] if self._codebook_pending else [],
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        state = (checkpoint.get("ilat_ext") or {}).get("quantizer")
+        if state is None:  # written before the warm-up state was saved: decided from the step, as before
+            return
+        self._codebook_pending = bool(state["codebook_pending"])
+        self._feature_buffer = [f.to(self.device) for f in state.get("features") or []]
 
     def on_train_batch_end(self, outputs, batch, batch_idx):
         # The warm-up's last step sets the codebook at once, so validation at that step is quantized.

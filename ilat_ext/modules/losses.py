@@ -195,3 +195,25 @@ class VQLPIPSWithDiscriminator(nn.Module):
                f"{split}/logits_real": logits_real.detach().mean(),
                f"{split}/logits_fake": logits_fake.detach().mean()}
         return d_loss, log
+
+
+class BCELossWithQuant(nn.Module):
+    """Upstream's `taming.modules.losses.segmentation.BCELossWithQuant` (absent from the PyPI
+    package), the loss of its segmentation VQGAN (`VQSegmentationModel`, upstream's
+    `coco_cond_stage.yaml`): binary cross-entropy on the logits of one-hot label maps plus the
+    weighted codebook loss.
+
+    `forward(qloss (), target (B, K, H, W) in {0, 1}, prediction (B, K, H, W) logits, split)` ->
+    `(loss, {split/total_loss, split/bce_loss, split/quant_loss})`, as upstream.
+    """
+
+    def __init__(self, codebook_weight: float = 1.0):
+        super().__init__()
+        self.codebook_weight = float(codebook_weight)
+
+    def forward(self, qloss: torch.Tensor, target: torch.Tensor, prediction: torch.Tensor,
+                split: str) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+        bce = nn.functional.binary_cross_entropy_with_logits(prediction, target)
+        loss = bce + self.codebook_weight * qloss
+        return loss, {f"{split}/total_loss": loss.detach().mean(), f"{split}/bce_loss": bce.detach().mean(),
+                      f"{split}/quant_loss": qloss.detach().mean()}
