@@ -143,13 +143,13 @@ def sketch_style_of(config) -> str:
     return "release"
 
 
-CROP_DATASETS = ("CustomTrain", "CustomTest", "ImageNetTrain", "ImageNetValidation", "ImageNetSR")
+CROP_DATASETS = ("ImageNetTrain", "ImageNetValidation", "ImageNetSR")
 
 
 def trained_on_whole_images(config) -> bool:
     """Whether the run saw whole images (aligned faces: ToyFaces, FaceDataset, ImageFolder) rather
-    than random crops of larger ones (taming's CustomTrain, ImageNet, or any dataset with
-    `random_crop: true`); decides `--region auto` in face editing. True without a config."""
+    than crops of larger scenes (ImageNet, or any dataset with `random_crop: true`, such as
+    taming's CustomTrain set so); decides `--region auto` in face editing. True without a config."""
     for dataset in training_datasets(config):
         name = str(dataset.get("target", "")).rsplit(".", 1)[-1]
         if name in CROP_DATASETS or (dataset.get("params") or {}).get("random_crop") is True:
