@@ -236,3 +236,23 @@ def test_edit_release_run_on_uint8_inputs_both_paths(release):
         assert out["result"].shape == (32, 32, 3) and out["result"].dtype == np.uint8
         assert out["sketch"].shape == (32, 32) and out["tokens"].shape == (L,)
     assert outs["release"]["token_mask"].sum() > 0
+
+
+def test_release_shaped_models_have_the_release_parameter_counts():
+    """The real configs give the notebook's printed counts (74554369, 74872771, 89194240; the
+    release's transformer also holds c_bias (2048), which the converter drops)."""
+    from ilat_ext.cli.benchmark_edit import build_release_shaped, parameter_counts
+
+    with torch.device("meta"):
+        counts = parameter_counts(build_release_shaped())
+    assert counts == {"sketch_vqgan": 74554369, "tsvqgan": 74872771, "transformer": 89194240 - 2048}
+
+
+def test_benchmark_edit_script_ends_with_one_json_line(capsys):
+    import json
+    from ilat_ext.cli.benchmark_edit import main
+
+    assert main(["--tiny", "--repeats", "1", "--batches", "1", "2", "--rates", "0.25"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert {(r["path"], r["batch"]) for r in summary["rows"]} == {("release", 1), ("ilat", 1), ("release", 2), ("ilat", 2)}
+    assert all(r["seconds_per_edit"] > 0 and r["transformer_seconds_per_edit"] > 0 for r in summary["rows"])

@@ -22,15 +22,17 @@ ilat_ext's classes. The same weights run two ways (`path`):
 
 `edit_tensors` is the same on tensors (batches).
 """
+import time
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Dict, Optional, Union
+from typing import Any, Dict, Iterator, Optional, Union
 
 import cv2
 import numpy as np
 import torch
 
-from ilat_ext.masks import check_pixel_mask, feathered_mask
-from ilat_ext.modules.sampling import sample_tokens_release
+from ilat_ext.masks import check_pixel_mask, feathered_mask, la_attention_mask, la_causal_positions
+from ilat_ext.modules.sampling import sample_tokens, sample_tokens_release
 from ilat_ext.modules.two_stream import whole_map_statistics
 
 PATHS = ("release", "ilat")
@@ -44,6 +46,21 @@ class ReleaseEditResult:
     tokens: torch.Tensor
     token_mask: torch.Tensor
     steps: int
+
+
+@contextmanager
+def _stage(timings: Optional[Dict[str, float]], name: str, device: torch.device) -> Iterator[None]:
+    """Adds the wall seconds of the block to timings[name] (CUDA synchronised); nothing when None."""
+    if timings is None:
+        yield
+        return
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    yield
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    timings[name] = timings.get(name, 0.0) + time.perf_counter() - start
 
 
 def _check_model(model) -> None:
@@ -69,7 +86,7 @@ def encode_tokens(model, x: torch.Tensor, mask: torch.Tensor, path: str = "ilat"
 def edit_tensors(model, x: torch.Tensor, mask: torch.Tensor, sketch: torch.Tensor, path: str = "ilat", *,
                  greedy: bool = True, temperature: float = 1.0, top_k: Optional[int] = None,
                  seed: Optional[int] = None, use_cache: bool = True, blend_passes: int = 1,
-                 progress: bool = False) -> ReleaseEditResult:
+                 progress: bool = False, timings: Optional[Dict[str, float]] = None) -> ReleaseEditResult:
     """Edit a batch with a release-layout model on `path` ("release" | "ilat", see the module docstring).
 
     x: (B, 3, H, W) in [-1, 1]; mask: (B, 1, H, W), 1 = edit; sketch: (B, 1, H, W) in [-1, 1] (the
@@ -77,7 +94,8 @@ def edit_tensors(model, x: torch.Tensor, mask: torch.Tensor, sketch: torch.Tenso
     `seed`. use_cache: ilat path only (False: one full pass per token, same tokens).
     blend_passes: release path only, how many times the feathered blend is applied (1; 2 for a
     release config with combined_vqgan set, whose sampler blends once and the notebook again).
-    Elements with an empty mask come back bit-exactly.
+    Elements with an empty mask come back bit-exactly. `timings`: a dict that receives the seconds
+    of each stage ("sketch", "encode", "transformer", "decode"; decode includes the blend).
     """
     _check_model(model)
     if path not in PATHS:
@@ -87,24 +105,35 @@ def edit_tensors(model, x: torch.Tensor, mask: torch.Tensor, sketch: torch.Tenso
     mask = check_pixel_mask(mask.to(device), x)
     sketch = model.check_condition(sketch.to(device), x)
     m_q = model.token_mask(x, mask)                                                   # (B, L)
-    _, c_idx = model.encode_to_c(sketch)
-    z, features = encode_tokens(model, x, mask, path)
+    with _stage(timings, "sketch", device):
+        _, c_idx = model.encode_to_c(sketch)
+    with _stage(timings, "encode", device):
+        z, features = encode_tokens(model, x, mask, path)
     generator = None if seed is None else torch.Generator(device=device).manual_seed(int(seed))
+    n_codes = model.first_stage_model.quantize.n_e
     if path == "release":
-        emb, _, n_cond = model.sequence_inputs(c_idx)
-        result = sample_tokens_release(model.transformer, z, m_q, emb, n_cond, greedy=greedy, temperature=temperature,
-                                       top_k=top_k, generator=generator,
-                                       vocab_limit=model.first_stage_model.quantize.n_e, progress=progress)
+        with _stage(timings, "transformer", device):
+            emb, _, n_cond = model.sequence_inputs(c_idx)
+            result = sample_tokens_release(model.transformer, z, m_q, emb, n_cond, greedy=greedy,
+                                           temperature=temperature, top_k=top_k, generator=generator,
+                                           vocab_limit=n_codes, progress=progress)
         tokens, steps = result.indices, result.steps
-        decoded = model.decode_tokens(tokens, features, None)                         # every position from the codebook
-        g = feathered_mask(mask).to(x.dtype)
-        image = decoded
-        for _ in range(max(1, int(blend_passes))):
-            image = x * (1 - g) + image * g
+        with _stage(timings, "decode", device):
+            image = model.decode_tokens(tokens, features, None)                       # every position from the codebook
+            g = feathered_mask(mask).to(x.dtype)
+            for _ in range(max(1, int(blend_passes))):
+                image = x * (1 - g) + image * g
     else:
-        edit = model._edit_tokens(z, features, m_q, c_idx, mode="local", greedy=greedy, temperature=temperature,
-                                  top_k=top_k, generator=generator, use_cache=use_cache, progress=progress)
-        tokens, steps, image = edit.indices, edit.steps, edit.image
+        with _stage(timings, "transformer", device):
+            emb, prefix, n_cond = model.sequence_inputs(c_idx)
+            allowed = la_attention_mask(m_q, n_cond, model.layout, True)
+            sequential = la_causal_positions(m_q, n_cond, model.layout, True)
+            result = sample_tokens(model.transformer, z, m_q, allowed, sequential, emb, prefix, greedy=greedy,
+                                   temperature=temperature, top_k=top_k, generator=generator, vocab_limit=n_codes,
+                                   use_cache=use_cache, progress=progress, input_last=True)
+        tokens, steps = result.indices, result.steps
+        with _stage(timings, "decode", device):
+            image = model.decode_tokens(tokens, features, m_q)                        # Eq. 4
     untouched = ~m_q.any(1)
     if untouched.any():
         image = torch.where(untouched[:, None, None, None], x, image)

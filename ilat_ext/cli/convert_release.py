@@ -11,21 +11,23 @@ import argparse
 import sys
 from typing import Optional, Sequence
 
+from ilat_ext.cli import ArgumentParser
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="ilat-convert-release", description=__doc__.split("\n\n")[0])
+
+def get_parser() -> argparse.ArgumentParser:
+    p = ArgumentParser(prog="ilat-convert-release", description=__doc__.split("\n\n")[0])
     p.add_argument("--sketch", required=True, help="the authors' sketch_ffhq_V1 folder (sketch_config.yml + *_g_last.pth)")
     p.add_argument("--tsvqgan", required=True, help="the authors' tsvqgan_ffhq_V1 folder (config.yml + *_g_best_fid.pth)")
     p.add_argument("--transformer", required=True, help="the authors' iLAT_ffhq_V1 folder (transformer_config.yml + *_last.pth)")
     p.add_argument("--out", required=True, help="run folder to write (must not exist unless --overwrite)")
-    p.add_argument("--tsvqgan-prefix", default=None, help="file suffix of the TS-VQGAN weights, e.g. _last "
+    p.add_argument("--tsvqgan_prefix", default=None, help="file suffix of the TS-VQGAN weights, e.g. _last "
                                                           "(default: _best_fid, as the notebook, else _last)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
     return p
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = get_parser().parse_args(argv)
     from ilat_ext.apps.release_convert import ConversionError, write_release_run
 
     try:
