@@ -21,6 +21,7 @@ line, one JSON object with every row and `ilat_speedup_6.6` (release / ilat seco
 """
 import argparse
 import json
+import math
 import statistics
 import time
 from typing import Dict, List
@@ -73,6 +74,15 @@ def token_box_mask(size: int, grid: int, n_tokens: int, offset: int = 0) -> torc
     return m
 
 
+def compare_paths(release, ilat) -> Dict[str, float]:
+    """How far the two paths' edits are apart: the fraction of generated tokens that differ and the
+    PSNR (dB, images in [-1, 1] mapped to [0, 1]) between the two edited images."""
+    gen = release.token_mask
+    differ = ((release.tokens != ilat.tokens) & gen).sum().item() / max(1, gen.sum().item())
+    mse = (((release.image.float() - ilat.image.float()) / 2) ** 2).mean().item()
+    return {"tokens_differ": round(differ, 4), "psnr_db": round(10 * math.log10(1 / mse), 2) if mse > 0 else float("inf")}
+
+
 def parameter_counts(model) -> Dict[str, int]:
     count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
     cond = count(model.cond_emb) + model.z_start.numel()
@@ -107,6 +117,7 @@ def main(argv=None) -> int:
     print(f"release-shaped models on {device} ({torch.get_num_threads()} threads): "
           + ", ".join(f"{k} {v / 1e6:.1f}M" for k, v in counts.items()), flush=True)
     rows: List[Dict] = []
+    comparisons: List[Dict] = []
     g = torch.Generator().manual_seed(0)
     for dtype_name in args.dtypes:
         dtype = getattr(torch, dtype_name)
@@ -117,6 +128,7 @@ def main(argv=None) -> int:
                 masks = torch.cat([token_box_mask(size, grid, n_tok, b) for b in range(batch)]).to(device, dtype)
                 x = (torch.rand(batch, 3, size, size, generator=g) * 2 - 1).to(device, dtype)
                 c = torch.where(torch.rand(batch, 1, size, size, generator=g) > 0.9, -1.0, 1.0).to(device, dtype)
+                outputs = {}
                 for path in args.paths:
                     if path == "release" and args.max_release_tokens and n_tok * batch > args.max_release_tokens:
                         continue
@@ -136,8 +148,12 @@ def main(argv=None) -> int:
                            "transformer_seconds_per_edit": round(med["transformer"], 4),
                            "stages": {k: round(v, 4) for k, v in med.items() if k != "total"}, "steps": out.steps}
                     rows.append(row)
+                    outputs[path] = out
                     print(f"  {path:7s} {row['rate']:.1%} batch {batch} {dtype_name}: {row['seconds_per_edit']:.3f} s/edit "
                           f"(transformer {row['transformer_seconds_per_edit']:.3f} s)", flush=True)
+                if len(outputs) == 2:
+                    comparisons.append(dict(compare_paths(outputs["release"], outputs["ilat"]), rate=round(n_tok / grid ** 2, 4),
+                                            batch=batch, dtype=dtype_name))
     print("\n| path | mask | batch | dtype | s / edit | transformer s / edit | sketch + encode + decode s |")
     print("|---|---|---|---|---|---|---|")
     for r in rows:
@@ -146,7 +162,12 @@ def main(argv=None) -> int:
               f"{r['transformer_seconds_per_edit']:.3f} | {other:.3f} |")
     find = lambda p: [r for r in rows if r["path"] == p and r["batch"] == 1 and r["dtype"] == "float32"  # noqa: E731
                       and abs(r["rate"] - 17 / 256) < 0.01]
-    summary = {"device": str(device), "threads": torch.get_num_threads(), "parameters": counts, "rows": rows}
+    if comparisons:
+        print("\nrelease vs ilat on the same inputs: " + "; ".join(
+            f"{c['rate']:.1%} batch {c['batch']} {c['dtype']}: {c['tokens_differ']:.1%} of generated tokens differ, "
+            f"PSNR {c['psnr_db']:.1f} dB" for c in comparisons))
+    summary = {"device": str(device), "threads": torch.get_num_threads(), "parameters": counts, "rows": rows,
+               "path_differences": comparisons}
     if find("release") and find("ilat"):
         summary["ilat_speedup_6.6"] = round(find("release")[0]["seconds_per_edit"] / find("ilat")[0]["seconds_per_edit"], 2)
     print(json.dumps(summary))
