@@ -256,3 +256,36 @@ def test_benchmark_edit_script_ends_with_one_json_line(capsys):
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert {(r["path"], r["batch"]) for r in summary["rows"]} == {("release", 1), ("ilat", 1), ("release", 2), ("ilat", 2)}
     assert all(r["seconds_per_edit"] > 0 and r["transformer_seconds_per_edit"] > 0 for r in summary["rows"])
+
+
+def test_converted_run_finetunes_and_edits_through_the_existing_tools(release, tmp_path):
+    """main.py builds the model from the run's config (its ckpt_path is the converted weights) and a
+    training step runs; scripts/edit_face.py --run edits a face with it (the ilat path)."""
+    import cv2
+    from omegaconf import OmegaConf
+    from ilat_ext.util import instantiate_from_config
+
+    run = release["run"]
+    config = OmegaConf.load(os.path.join(run, "configs", "release-project.yaml"))
+    model = instantiate_from_config(OmegaConf.to_container(config.model, resolve=True))
+    assert model.ckpt_load_report.missing == [] and model.ckpt_load_report.unexpected == []
+    x, m, c = (t.float() for t in inputs(9, B=2))
+    model.train()
+    loss = model.shared_step({"image": x.permute(0, 2, 3, 1), "sketch": c.permute(0, 2, 3, 1),
+                              "mask": m.permute(0, 2, 3, 1)}, 0)
+    loss.backward()
+    assert torch.isfinite(loss) and model.transformer.head_tied.dense.weight.grad is not None
+
+    face = (np.random.default_rng(1).random((32, 32, 3)) * 255).astype(np.uint8)
+    mask = np.zeros((32, 32), np.uint8)
+    mask[8:20, 8:24] = 255
+    strokes = np.full((32, 32), 255, np.uint8)
+    for name, img in (("face.png", face[:, :, ::-1]), ("mask.png", mask), ("strokes.png", strokes)):
+        cv2.imwrite(str(tmp_path / name), img)
+    repo = os.path.dirname(os.path.dirname(__file__))
+    proc = subprocess.run([sys.executable, "scripts/edit_face.py", "--run", run, "--image", str(tmp_path / "face.png"),
+                           "--mask", str(tmp_path / "mask.png"), "--strokes", str(tmp_path / "strokes.png"),
+                           "--out", str(tmp_path / "out.png")], capture_output=True, text=True, cwd=repo,
+                          env=dict(os.environ, PYTHONPATH=repo))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert cv2.imread(str(tmp_path / "out.png")).shape == (32, 32, 3)
