@@ -41,5 +41,7 @@ setup(
         "ilat-build-sdf=ilat_ext.cli.build_sdf:main",
         "ilat-benchmark-encoder=ilat_ext.cli.benchmark_encoder:main",
         "ilat-benchmark-sampling=ilat_ext.cli.benchmark_sampling:main",
+        "ilat-convert-release=ilat_ext.cli.convert_release:main",
+        "ilat-benchmark-edit=ilat_ext.cli.benchmark_edit:main",
     ]},
 )

@@ -255,7 +255,8 @@ def leaked_ring(mask: torch.Tensor, mask_out: torch.Tensor, kernel_size: IntPair
 LA_LAYOUTS = ("start", "taming")
 
 
-def la_attention_mask(token_mask: torch.Tensor, n_cond: int, layout: str = "start") -> torch.Tensor:
+def la_attention_mask(token_mask: torch.Tensor, n_cond: int, layout: str = "start",
+                      input_last: bool = False) -> torch.Tensor:
     """The local-autoregressive (LA) attention mask of iLAT (paper Eq. 7-8, Fig. 3b), batched.
 
     token_mask: (B, h, w) or (B, L) bool, M_q in raster order (True = token to generate).
@@ -266,6 +267,9 @@ def la_attention_mask(token_mask: torch.Tensor, n_cond: int, layout: str = "star
         "taming": upstream's layout without start tokens; the target part is [z_1 .. z_{L-1}],
         target position t holds grid token t and predicts token t+1, and the last condition
         position predicts grid token 0. S = n_cond + L - 1.
+    input_last: "start" layout with every grid token an input (the released models' 514-position
+        sequence): one more target position, holding z_{L-1} and predicting nothing; it is causal
+        when z_{L-1} is masked, else global. S = n_cond + L + 1.
     Returns (B, S, S) bool, True = row (query) may attend to column (key).
 
     Rules. Causal group: target positions whose input token or predicted token is masked (the
@@ -296,7 +300,7 @@ def la_attention_mask(token_mask: torch.Tensor, n_cond: int, layout: str = "star
         >>> a[5].tolist(), a[6].tolist(), a[7].tolist()      # causal rows t=4, 5, 6
         ([1, 1, 1, 1, 1, 1, 0, 0, 1, 1], [1, 1, 1, 1, 1, 1, 1, 0, 1, 1], [1, 1, 1, 1, 1, 1, 1, 1, 1, 1])
     """
-    causal = la_causal_positions(token_mask, n_cond, layout)              # (B, S)
+    causal = la_causal_positions(token_mask, n_cond, layout, input_last)  # (B, S)
     batch, size = causal.shape
     n_cond = int(n_cond)
     is_cond = torch.zeros(size, dtype=torch.bool, device=causal.device)
@@ -310,7 +314,8 @@ def la_attention_mask(token_mask: torch.Tensor, n_cond: int, layout: str = "star
     return allowed
 
 
-def la_causal_positions(token_mask: torch.Tensor, n_cond: int, layout: str = "start") -> torch.Tensor:
+def la_causal_positions(token_mask: torch.Tensor, n_cond: int, layout: str = "start",
+                        input_last: bool = False) -> torch.Tensor:
     """The causal group of the LA mask as (B, S) bool over sequence positions (see `la_attention_mask`).
 
     A target position is causal when the grid token it holds or the one it predicts is masked;
@@ -334,7 +339,12 @@ def la_causal_positions(token_mask: torch.Tensor, n_cond: int, layout: str = "st
         raise ValueError(f"n_cond must be >= 1 (a start token or a condition), got {n_cond}")
     m = token_mask.bool()
     batch, length = m.shape
-    if layout == "start":
+    if input_last and layout != "start":
+        raise ValueError("input_last needs the 'start' layout")
+    if layout == "start" and input_last:
+        predicted = torch.cat([m, m.new_zeros(batch, 1)], dim=1)           # (B, L + 1)
+        held = torch.cat([m.new_zeros(batch, 1), m], dim=1)
+    elif layout == "start":
         predicted = m                                                      # (B, L)
         held = torch.cat([m.new_zeros(batch, 1), m[:, :-1]], dim=1)
     else:
@@ -342,3 +352,64 @@ def la_causal_positions(token_mask: torch.Tensor, n_cond: int, layout: str = "st
             raise ValueError(f"the taming layout needs at least 2 grid tokens, got {length}")
         predicted, held = m[:, 1:], m[:, :-1]                              # (B, L-1)
     return torch.cat([m.new_zeros(batch, n_cond), predicted | held], dim=1)
+
+
+# ----------------------------------------------------------------------------- the release's rules
+def release_attention_mask(token_mask: torch.Tensor, n_cond: int) -> torch.Tensor:
+    """The attention mask of the authors' released transformer (their `build_mask`), batched.
+
+    token_mask: (B, L) or (B, h, w) bool, the grid tokens NOT known (to generate and not generated
+        yet; their sampler marks each generated token known and rebuilds this mask).
+    n_cond: condition positions ([c_s, c_1 .. c_N]: N + 1).
+    Sequence: [condition (n_cond), z_s, z_0 .. z_{L-1}], S = n_cond + L + 1 (every grid token an
+    input). Returns (B, S, S) bool, True = row may attend to column.
+
+    Rule: known = [True (z_s), ~token_mask]; a target row is causal iff its INPUT token is unknown.
+    Condition rows see the condition only; target rows see the condition, every known target
+    column (also later ones), and, when causal, the target columns at or before themselves. So the
+    row that predicts the first unknown token after a known one is global and blind to earlier
+    unknown tokens (ilat_ext's `la_attention_mask` makes it causal instead).
+
+        >>> m = torch.tensor([[False, True, True, False]])            # tokens 1, 2 unknown
+        >>> a = release_attention_mask(m, n_cond=1)[0].int()          # S = 1 + 1 + 4
+        >>> a[2].tolist(), a[3].tolist(), a[4].tolist()               # rows holding z_0, z_1, z_2
+        ([1, 1, 1, 0, 0, 1], [1, 1, 1, 1, 0, 1], [1, 1, 1, 1, 1, 1])
+    """
+    if token_mask.dim() == 3:
+        token_mask = token_mask.reshape(token_mask.shape[0], -1)
+    if token_mask.dim() != 2:
+        raise ValueError(f"token_mask must be (B, h, w) or (B, L), got shape {tuple(token_mask.shape)}")
+    n_cond = int(n_cond)
+    if n_cond < 1:
+        raise ValueError(f"n_cond must be >= 1, got {n_cond}")
+    m = token_mask.bool()
+    B, L = m.shape
+    known = torch.cat([m.new_ones(B, 1), ~m], dim=1)                       # (B, L + 1)
+    lower = torch.ones(L + 1, L + 1, dtype=torch.bool, device=m.device).tril()
+    zz = known[:, None, :] | (lower[None] & ~known[:, :, None])             # (B, L + 1, L + 1)
+    S = n_cond + L + 1
+    allowed = torch.zeros(B, S, S, dtype=torch.bool, device=m.device)
+    allowed[:, :, :n_cond] = True
+    allowed[:, n_cond:, n_cond:] = zz
+    return allowed
+
+
+def feathered_mask(mask: torch.Tensor, min_size: int = 16) -> torch.Tensor:
+    """The released code's pixel blend weight (their `get_combined_mask`): (B, 1, H, W) {0, 1} mask
+    -> (B, 1, H, W) float in [0, 1].
+
+    The mask max-pooled to min_size, 2 min_size, ... < H, averaged coarse to fine (each coarser
+    average upsampled nearest, then the mean with the next level: the finest level weighs 1/2),
+    then bilinear to H x W: 1 well inside the mask, 0 far outside, feathered over ~H/min_size pixels.
+    The release blends x * (1 - g) + decoded * g with it.
+    """
+    mask = check_pixel_mask(mask)
+    H = mask.shape[2]
+    final, size = None, int(min_size)
+    while size < H:
+        m = F.max_pool2d(mask, H // size, H // size)
+        final = m if final is None else (F.interpolate(final, (size, size), mode="nearest") + m) / 2
+        size *= 2
+    if final is None:
+        return mask.clone()
+    return F.interpolate(final, mask.shape[2:], mode="bilinear", align_corners=False)

@@ -13,13 +13,17 @@ from ilat_ext.cli import (ArgumentParser, add_sampling_arguments, check_sampling
                           sampling_options)
 from tests.helpers import REPO
 
-COMMANDS = ["benchmark_encoder", "benchmark_sampling", "build_sdf", "compare", "demo_faces", "demo_poses", "edit_face",
-            "eval_tsvqgan", "generate_masks", "generate_xdog_sketch", "pose_guide", "quantize_dataset",
+COMMANDS = ["benchmark_edit", "benchmark_encoder", "benchmark_sampling", "build_sdf", "compare", "convert_release",
+            "demo_faces", "demo_poses", "edit_face", "eval_tsvqgan", "generate_masks", "generate_xdog_sketch", "pose_guide", "quantize_dataset",
             "write_split_flists"]
 
 # A valid command line of each parser, written with the canonical (underscore) spellings; every
 # multi-word flag the command has is used at least once where it takes a value or is a switch.
 ARGV = {
+    "benchmark_edit": ["--device", "cpu", "--paths", "ilat", "--rates", "0.1", "--batches", "1", "--dtypes", "float32",
+                       "--repeats", "1", "--max_release_tokens", "5", "--tiny"],
+    "convert_release": ["--sketch", "s", "--tsvqgan", "t", "--transformer", "r", "--out", "o", "--tsvqgan_prefix", "_last",
+                        "--overwrite"],
     "benchmark_encoder": ["--config", "toy", "--no_memory", "--rates", "0.1", "--threads", "1"],
     "benchmark_sampling": ["--n_layer", "1", "--n_head", "2", "--n_embd", "32", "--repeats_full", "1", "--quick"],
     "build_sdf": ["--deepfashion", "d", "--segmentation", "s", "--keypoints", "k.json", "--places", "p",

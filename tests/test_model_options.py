@@ -84,7 +84,7 @@ def _named(cls):
 def test_subclasses_declare_only_their_own_arguments():
     base = _named(TamingTransformer)
     ilat, pose = _named(ILATTransformer), _named(PoseILATTransformer)
-    assert ilat == {"layout", "lm_rate", "baseline_config"}
+    assert ilat == {"layout", "lm_rate", "baseline_config", "input_last_token"}
     assert pose == {"pose_key", "pointmlp_hidden", "joint_embedding", "mask_kwargs", "ref_pose_key",
                     "joint_position_codes", "pose_map", "warp_reference", "warp_reach"}
     assert not (ilat & base) and not (pose & base) and not (pose & ilat)

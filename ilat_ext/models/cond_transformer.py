@@ -166,6 +166,7 @@ class TamingTransformer(TokenTraining, TransformerOptimization, CheckpointMixin,
 
     # ------------------------------------------------------------------ editing
     layout = "taming"  # condition tokens first, no start tokens (upstream's sequence)
+    input_last_token = False  # the last grid token is never an input (upstream's sequence)
 
     @property
     def first_stage_factor(self) -> int:
@@ -269,13 +270,13 @@ class TamingTransformer(TokenTraining, TransformerOptimization, CheckpointMixin,
         emb, prefix, n_cond = self.sequence_inputs(c_idx, extra)
         n_pre = (0 if emb is None else emb.shape[1]) + (0 if prefix is None else prefix.shape[1])
         if mode == "local":
-            gen, allowed = m_q, la_attention_mask(m_q, n_cond, self.layout)
-            sequential = la_causal_positions(m_q, n_cond, self.layout)
+            gen, allowed = m_q, la_attention_mask(m_q, n_cond, self.layout, self.input_last_token)
+            sequential = la_causal_positions(m_q, n_cond, self.layout, self.input_last_token)
         else:  # Taming: plain causal attention, regenerate from the first masked token to the end
             L = m_q.shape[1]
             first = torch.where(m_q.any(1), m_q.float().argmax(1), L)            # (B,)
             gen = torch.arange(L, device=device)[None] >= first[:, None]
-            S = n_pre + L - 1
+            S = n_pre + L - (0 if self.input_last_token else 1)
             allowed = torch.ones(S, S, dtype=torch.bool, device=device).tril().expand(B, S, S)
             sequential = torch.arange(S, device=device)[None] >= (n_pre - 1 + first)[:, None]
         if generator is None and seed is not None:
@@ -284,7 +285,8 @@ class TamingTransformer(TokenTraining, TransformerOptimization, CheckpointMixin,
         result: SampleResult = sample_tokens(
             self.transformer, z, gen, allowed, sequential, emb, prefix, greedy=greedy, temperature=temperature,
             top_k=top_k, generator=generator, vocab_limit=n_codes, use_cache=use_cache, progress=progress,
-            record_logits=return_logits, pos_features=self.position_features(c_idx, n_pre, m_q.shape[1], extra))
+            record_logits=return_logits, pos_features=self.position_features(c_idx, n_pre, m_q.shape[1], extra),
+            input_last=self.input_last_token)
         image = self.decode_tokens(result.indices, kept, m_q if mode == "local" else None)
         return EditResult(image, result.indices, gen, result.steps, result.logits)
 

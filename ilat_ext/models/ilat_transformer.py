@@ -49,6 +49,10 @@ class ILATTransformer(TamingTransformer):
             every token (0 = pure LA training).
         baseline_config: optional config of a trained `TamingTransformer` (with its ckpt_path) whose
             Taming* edit `log_images` shows next to iLAT's; not part of this model's weights.
+        input_last_token: the "start" layout with every grid token an input (the authors' released
+            514-position sequence, [c_s, c_1..c_N, z_s, z_0..z_{L-1}]; the last position predicts
+            nothing, but its token is seen by the rows allowed to see it). False (default): the last
+            grid token is never an input (513 positions for 16 x 16 + 16 x 16).
     cond_stage_key defaults to "sketch". `pkeep` (Taming's input corruption) must stay 1: the LA
     training does not use it.
 
@@ -60,9 +64,18 @@ class ILATTransformer(TamingTransformer):
 
     token_batch_key = "z_indices"
 
-    def __init__(self, *args, layout: str = "start", lm_rate: float = 0.0, baseline_config=None, **kwargs):
+    def __init__(self, *args, layout: str = "start", lm_rate: float = 0.0, baseline_config=None,
+                 input_last_token: bool = False, **kwargs):
         if layout not in LA_LAYOUTS:
             raise ValueError(f"layout must be one of {LA_LAYOUTS}, got {layout!r}")
+        if not isinstance(input_last_token, bool):
+            raise ValueError(f"input_last_token must be true or false, got {input_last_token!r}")
+        if input_last_token and layout != "start":
+            raise ValueError("input_last_token needs layout 'start' (the release's sequence)")
+        if input_last_token and kwargs.get("aligned_condition"):
+            raise ValueError("input_last_token and aligned_condition cannot be combined (the aligned features are "
+                             "laid out for L - 1 grid inputs)")
+        self.input_last_token = input_last_token
         if not 0.0 <= float(lm_rate) <= 1.0:
             raise ValueError(f"lm_rate must be in [0, 1], got {lm_rate}")
         if kwargs.get("pkeep", 1.0) != 1.0:
@@ -148,18 +161,22 @@ class ILATTransformer(TamingTransformer):
             raise ValueError(f"forward_tokens needs z (B, L), c_idx (B, N) and m_q (B, L); got "
                              f"{tuple(z.shape)}, {tuple(c_idx.shape)}, {tuple(m_q.shape)}")
         emb, prefix, n_cond = self.sequence_inputs(c_idx, extra)
-        allowed = la_attention_mask(m_q, n_cond, self.layout)                          # (B, S, S)
+        allowed = la_attention_mask(m_q, n_cond, self.layout, self.input_last_token)  # (B, S, S)
         weight = m_q.float()
         if self.training and self.lm_rate > 0:
             lm = torch.rand(z.shape[0], device=z.device) < self.lm_rate                # (B,)
             causal = torch.ones_like(allowed[0]).tril()
             allowed = torch.where(lm[:, None, None], causal, allowed)
             weight = torch.where(lm[:, None], torch.ones_like(weight), weight)
-        idx = z[:, :-1] if prefix is None else torch.cat([prefix, z[:, :-1]], dim=1)
+        inputs = z if self.input_last_token else z[:, :-1]
+        idx = inputs if prefix is None else torch.cat([prefix, inputs], dim=1)
         n_pre = (0 if emb is None else emb.shape[1]) + (0 if prefix is None else prefix.shape[1])
         features = self.position_features(c_idx, n_pre, z.shape[1], extra)
         logits, _ = self.transformer(idx, emb, attn_mask=allowed, pos_features=features)
-        return logits[:, n_pre - 1:], z, weight
+        return logits[:, n_pre - 1:n_pre - 1 + z.shape[1]], z, weight
+
+    def sequence_positions(self, n_cond_tokens: int, n_grid: int) -> int:
+        return super().sequence_positions(n_cond_tokens, n_grid) + (1 if self.input_last_token else 0)
 
     def shared_step(self, batch, batch_idx):
         if self.token_batch_key in batch:  # stored tokens (ilat_ext.data.tokens): no encoder runs

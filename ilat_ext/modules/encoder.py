@@ -15,6 +15,10 @@ What differs from upstream and why:
   preset uses InstanceNorm and no attention at all (FACTS.md Sec. 1); narrow models (the toy
   configs) want fewer than taming's 32 groups. With the defaults the modules and keys are
   upstream's, and parameter names never change.
+- keyword-only options for the authors' released face models, off by default: `norm_eps` and
+  `norm_affine` (their `nn.InstanceNorm2d(C)`: eps 1e-5, no parameters), `downsample: conv4x4`
+  (TSEncoder: their 4x4 stride-2 padding-1 downsampling, two-stream and exact), `tanh_out`
+  (Decoder: their decoders end with tanh). See docs/models.md, "The authors' released models".
 - unknown keyword arguments raise TypeError (upstream's `**ignore_kwargs` hides typos); the keys
   that live in the same `ddconfig` for the other half of the autoencoder are accepted.
 - `TSEncoder.forward` validates the image and mask (`ilat_ext.masks`) and raises ValueError
@@ -38,24 +42,24 @@ from ilat_ext.modules.two_stream import (NORM_TYPES, TSAttnBlock, TSConv2d, TSDo
 
 # ddconfig keys that belong to the decoder (taming's Decoder) and that the encoder ignores, and
 # vice versa. Anything else unknown is a typo.
-DECODER_ONLY_KEYS = frozenset({"give_pre_end"})
-ENCODER_ONLY_KEYS = frozenset({"double_z"})
+DECODER_ONLY_KEYS = frozenset({"give_pre_end", "tanh_out"})
+ENCODER_ONLY_KEYS = frozenset({"double_z", "downsample"})
 
 
 # ----------------------------------------------------------------------------- helpers
 def apply_preset(module: nn.Module, norm_type: str = "group", mid_attn: bool = True,
-                 norm_groups: int = 32) -> nn.Module:
+                 norm_groups: int = 32, norm_eps: float = 1e-6, norm_affine: bool = True) -> nn.Module:
     """Turn one of taming's plain modules (Encoder, Decoder) into a preset, in place: "instance"
     swaps every GroupNorm(32) for GroupNorm(C, C), "group" with norm_groups != 32 for
     GroupNorm(norm_groups, C) (same parameter names); mid_attn=False replaces `mid.attn_1` by an
     identity (its keys disappear). Used by `Encoder` and `Decoder`, and to build upstream's Encoder
     with a TSEncoder's preset for comparisons (tests, benchmark)."""
     _check_norm_type(norm_type)
-    if norm_type != "group" or norm_groups != 32:
+    if norm_type != "group" or norm_groups != 32 or norm_eps != 1e-6 or not norm_affine:
         for parent in list(module.modules()):
             for name, child in list(parent.named_children()):
                 if isinstance(child, nn.GroupNorm):
-                    setattr(parent, name, make_norm(child.num_channels, norm_type, norm_groups))
+                    setattr(parent, name, make_norm(child.num_channels, norm_type, norm_groups, norm_eps, norm_affine))
     if not mid_attn:
         module.mid.attn_1 = nn.Identity()
     return module
@@ -79,10 +83,12 @@ def _constructible_norms() -> Iterator[None]:
         _taming_model.Normalize = upstream
 
 
-def _use_preset(module: nn.Module, norm_type: str, norm_groups: int, mid_attn: bool) -> None:
+def _use_preset(module: nn.Module, norm_type: str, norm_groups: int, mid_attn: bool, norm_eps: float = 1e-6,
+                norm_affine: bool = True) -> None:
     """Record the preset on one of taming's modules (`Encoder`, `Decoder`) and apply it."""
     module.norm_type, module.norm_groups, module.mid_attn = norm_type, norm_groups, mid_attn
-    apply_preset(module, norm_type, mid_attn, norm_groups)
+    module.norm_eps, module.norm_affine = float(norm_eps), bool(norm_affine)
+    apply_preset(module, norm_type, mid_attn, norm_groups, norm_eps, norm_affine)
 
 
 def _reject_unknown(cls_name: str, extra: Dict, allowed: Iterable[str]) -> None:
@@ -110,10 +116,12 @@ class TSEncoder(nn.Module):
     def __init__(self, *, ch: int, out_ch: int, ch_mult: Sequence[int] = (1, 2, 4, 8), num_res_blocks: int,
                  attn_resolutions: Sequence[int], dropout: float = 0.0, resamp_with_conv: bool = True,
                  in_channels: int, resolution: int, z_channels: int, double_z: bool = True,
-                 norm_type: str = "group", norm_groups: int = 32, mid_attn: bool = True, **decoder_keys):
+                 norm_type: str = "group", norm_groups: int = 32, mid_attn: bool = True, norm_eps: float = 1e-6,
+                 norm_affine: bool = True, downsample: str = "taming", **decoder_keys):
         super().__init__()
         _reject_unknown(type(self).__name__, decoder_keys, DECODER_ONLY_KEYS)
         _check_norm_type(norm_type)
+        self.downsample_kind = downsample
         self.ch = ch
         self.temb_ch = 0
         self.num_resolutions = len(ch_mult)
@@ -123,7 +131,8 @@ class TSEncoder(nn.Module):
         self.norm_type = norm_type
         self.norm_groups = norm_groups
         self.mid_attn = mid_attn
-        norm = dict(norm_type=norm_type, norm_groups=norm_groups)
+        self.norm_eps, self.norm_affine = float(norm_eps), bool(norm_affine)
+        norm = dict(norm_type=norm_type, norm_groups=norm_groups, norm_eps=norm_eps, norm_affine=norm_affine)
 
         # Built in upstream's order, so the same seed gives the same initial weights.
         self.conv_in = TSConv2d(in_channels, self.ch, kernel_size=3, stride=1, padding=1)
@@ -143,7 +152,7 @@ class TSEncoder(nn.Module):
             down.block = block
             down.attn = attn
             if i_level != self.num_resolutions - 1:
-                down.downsample = TSDownsample(block_in, resamp_with_conv)
+                down.downsample = TSDownsample(block_in, resamp_with_conv, kind=downsample)
                 curr_res = curr_res // 2
             self.down.append(down)
 
@@ -153,7 +162,7 @@ class TSEncoder(nn.Module):
             self.mid.attn_1 = TSAttnBlock(block_in, **norm)
         self.mid.block_2 = TSResnetBlock(in_channels=block_in, out_channels=block_in, dropout=dropout, **norm)
 
-        self.norm_out = make_norm(block_in, norm_type, norm_groups)
+        self.norm_out = make_norm(block_in, norm_type, norm_groups, norm_eps, norm_affine)
         self.conv_out = TSConv2d(block_in, 2 * z_channels if double_z else z_channels, kernel_size=3, stride=1,
                                  padding=1)
 
@@ -212,7 +221,8 @@ class Decoder(_UpstreamDecoder):
     def __init__(self, *, ch: int, out_ch: int, ch_mult: Sequence[int] = (1, 2, 4, 8), num_res_blocks: int,
                  attn_resolutions: Sequence[int], dropout: float = 0.0, resamp_with_conv: bool = True,
                  in_channels: int, resolution: int, z_channels: int, give_pre_end: bool = False,
-                 norm_type: str = "group", norm_groups: int = 32, mid_attn: bool = True, **encoder_keys):
+                 norm_type: str = "group", norm_groups: int = 32, mid_attn: bool = True, norm_eps: float = 1e-6,
+                 norm_affine: bool = True, tanh_out: bool = False, **encoder_keys):
         _reject_unknown(type(self).__name__, encoder_keys, ENCODER_ONLY_KEYS)
         _check_norm_type(norm_type)
         with _constructible_norms():
@@ -220,7 +230,13 @@ class Decoder(_UpstreamDecoder):
                              attn_resolutions=attn_resolutions, dropout=dropout, resamp_with_conv=resamp_with_conv,
                              in_channels=in_channels, resolution=resolution, z_channels=z_channels,
                              give_pre_end=give_pre_end)
-        _use_preset(self, norm_type, norm_groups, mid_attn)
+        _use_preset(self, norm_type, norm_groups, mid_attn, norm_eps, norm_affine)
+        self.tanh_out = bool(tanh_out)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        """Upstream's decoder; with `tanh_out` (the authors' released decoders) squashed by tanh."""
+        h = super().forward(z)
+        return torch.tanh(h) if self.tanh_out and not self.give_pre_end else h
 
 
 class Encoder(_UpstreamEncoder):
@@ -235,11 +251,15 @@ class Encoder(_UpstreamEncoder):
     def __init__(self, *, ch: int, out_ch: int, ch_mult: Sequence[int] = (1, 2, 4, 8), num_res_blocks: int,
                  attn_resolutions: Sequence[int], dropout: float = 0.0, resamp_with_conv: bool = True,
                  in_channels: int, resolution: int, z_channels: int, double_z: bool = True,
-                 norm_type: str = "group", norm_groups: int = 32, mid_attn: bool = True, **decoder_keys):
+                 norm_type: str = "group", norm_groups: int = 32, mid_attn: bool = True, norm_eps: float = 1e-6,
+                 norm_affine: bool = True, downsample: str = "taming", **decoder_keys):
         _reject_unknown(type(self).__name__, decoder_keys, DECODER_ONLY_KEYS)
         _check_norm_type(norm_type)
+        if downsample != "taming":
+            raise ValueError(f"the one-stream Encoder has taming's downsampling only, got downsample={downsample!r} "
+                             "(use TSVQModel, whose TSEncoder without a mask is the plain encoder)")
         with _constructible_norms():
             super().__init__(ch=ch, out_ch=out_ch, ch_mult=ch_mult, num_res_blocks=num_res_blocks,
                              attn_resolutions=attn_resolutions, dropout=dropout, resamp_with_conv=resamp_with_conv,
                              in_channels=in_channels, resolution=resolution, z_channels=z_channels, double_z=double_z)
-        _use_preset(self, norm_type, norm_groups, mid_attn)
+        _use_preset(self, norm_type, norm_groups, mid_attn, norm_eps, norm_affine)

@@ -159,6 +159,10 @@ class BackboneMixin:
         """The mask the blocks get; None means causal (the attention handles it)."""
         return attn_mask
 
+    def output_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """The head: (B, S, n_embd) last-block features -> (B, S, vocab_size) logits."""
+        return self.head(self.ln_f(x))
+
     def last_block_rows(self, block, x, attn_mask, cache, layer: int, rows: torch.Tensor) -> torch.Tensor:
         """The last block's output at `rows` (B, R) only. Generic: the whole block, then the rows."""
         x = block(x, attn_mask, cache, layer)
@@ -200,7 +204,7 @@ class BackboneMixin:
                 x = self.last_block_rows(block, x, attn_mask, cache, i, out_rows)
             else:
                 x = block(x, attn_mask, cache, i)
-        logits = self.head(self.ln_f(x))
+        logits = self.output_logits(x)
         loss = None
         if targets is not None:
             loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
@@ -296,17 +300,50 @@ class Block(nn.Module):
         return x + self.mlp(self.ln2(x))
 
 
+HEADS = ("linear", "tied")
+
+
+class TiedPredictionHead(nn.Module):
+    """The released iLAT transformer's output head (their `GPTPrediction` + tied decoder):
+    LayerNorm -> Linear(C, C) -> erf-GELU -> LayerNorm, then the projection onto the token
+    embedding table (tied weights) plus a bias of its own.
+
+    forward(x (B, S, C), embedding (V, C)) -> logits (B, S, V). Parameters `ln1`, `dense`, `ln2`, `bias`."""
+
+    def __init__(self, n_embd: int, vocab_size: int):
+        super().__init__()
+        self.ln1 = nn.LayerNorm(n_embd)
+        self.dense = nn.Linear(n_embd, n_embd)
+        self.ln2 = nn.LayerNorm(n_embd)
+        self.bias = nn.Parameter(torch.zeros(vocab_size))
+
+    def transform(self, x: torch.Tensor) -> torch.Tensor:
+        return self.ln2(F.gelu(self.dense(self.ln1(x))))
+
+    def forward(self, x: torch.Tensor, embedding: torch.Tensor) -> torch.Tensor:
+        return F.linear(self.transform(x), embedding, self.bias)
+
+
 class GPT(BackboneMixin, nn.Module):
     """minGPT with upstream's constructor (`taming.modules.transformer.mingpt.GPT`) and parameter names.
 
     forward(idx, embeddings=None, targets=None, *, attn_mask=None, positions=None, cache=None)
         -> (logits (B, S, vocab_size), cross-entropy loss if targets else None); see the module
     docstring for shapes. Upstream's `Net2NetTransformer.sample()` runs on it unchanged.
+
+    `head` (str, defaults to "linear"): "linear" is minGPT's `ln_f` + `head` (Linear, no bias);
+    "tied" is the released iLAT transformer's head (`TiedPredictionHead`, parameters
+    `head_tied.*`): an MLP transform and logits = features @ tok_emb^T + bias, in `forward` and
+    in the decoding step alike.
     """
 
     def __init__(self, vocab_size: int, block_size: int, n_layer: int = 12, n_head: int = 8, n_embd: int = 256,
-                 embd_pdrop: float = 0.0, resid_pdrop: float = 0.0, attn_pdrop: float = 0.0, n_unmasked: int = 0):
+                 embd_pdrop: float = 0.0, resid_pdrop: float = 0.0, attn_pdrop: float = 0.0, n_unmasked: int = 0,
+                 head: str = "linear"):
         super().__init__()
+        if head not in HEADS:
+            raise ValueError(f"head must be one of {HEADS}, got {head!r}")
+        self.head_kind = head
         self.vocab_size, self.block_size = int(vocab_size), int(block_size)
         self.n_layer, self.n_head, self.n_embd = int(n_layer), int(n_head), int(n_embd)
         self.tok_emb = nn.Embedding(vocab_size, n_embd)
@@ -314,8 +351,11 @@ class GPT(BackboneMixin, nn.Module):
         self.drop = nn.Dropout(embd_pdrop)
         self.blocks = nn.Sequential(*[Block(n_embd, n_head, block_size, attn_pdrop, resid_pdrop, n_unmasked)
                                       for _ in range(n_layer)])
-        self.ln_f = nn.LayerNorm(n_embd)
-        self.head = nn.Linear(n_embd, vocab_size, bias=False)
+        if head == "tied":
+            self.head_tied = TiedPredictionHead(n_embd, vocab_size)
+        else:
+            self.ln_f = nn.LayerNorm(n_embd)
+            self.head = nn.Linear(n_embd, vocab_size, bias=False)
         self.apply(self._init_weights)
         # upstream code reads `transformer.config.vocab_size` (Net2NetTransformer's pkeep corruption)
         self.config = SimpleNamespace(vocab_size=self.vocab_size, block_size=self.block_size, n_layer=self.n_layer,
@@ -323,6 +363,11 @@ class GPT(BackboneMixin, nn.Module):
 
     def last_block_rows(self, block, x, attn_mask, cache, layer, rows):
         return block(x, attn_mask, cache, layer, rows)
+
+    def output_logits(self, x: torch.Tensor) -> torch.Tensor:
+        if self.head_kind == "tied":
+            return self.head_tied(x, self.tok_emb.weight)
+        return self.head(self.ln_f(x))
 
     @torch.no_grad()
     def decode(self, idx: torch.Tensor, positions: torch.Tensor, attn_mask: torch.Tensor, cache: KVCache,
@@ -355,6 +400,9 @@ class GPT(BackboneMixin, nn.Module):
             x = x + linear(y.transpose(1, 2).reshape(B, T, C), proj_w, block.attn.proj.bias)
             h = F.layer_norm(x, (C,), ln2.weight, ln2.bias, ln2.eps)
             x = x + linear(F.gelu(linear(h, fc1_w, block.mlp[0].bias)), fc2_w, block.mlp[2].bias)
+        if self.head_kind == "tied":
+            h = self.head_tied.transform(x)
+            return torch.addmm(self.head_tied.bias, h.reshape(B * T, C), weights[-1]).view(B, T, -1)
         h = F.layer_norm(x, (C,), self.ln_f.weight, self.ln_f.bias, self.ln_f.eps)
         return (h.reshape(B * T, C) @ weights[-1]).view(B, T, -1)
 
@@ -363,7 +411,8 @@ class GPT(BackboneMixin, nn.Module):
         head (C, V): transposed, contiguous copies (a one-row product with a (in, out) matrix streams
         its memory about twice as fast on CPU as F.linear's (out, in) layout), rebuilt whenever a
         source tensor changes."""
-        sources = [self.head.weight]
+        head_weight = self.tok_emb.weight if self.head_kind == "tied" else self.head.weight
+        sources = [head_weight]
         for block in self.blocks:
             a = block.attn
             sources += [a.query.weight, a.key.weight, a.value.weight, a.query.bias, a.key.bias, a.value.bias,
@@ -377,7 +426,7 @@ class GPT(BackboneMixin, nn.Module):
                 weights.append((qkv, torch.cat([a.query.bias, a.key.bias, a.value.bias]),
                                 a.proj.weight.t().contiguous(), block.mlp[0].weight.t().contiguous(),
                                 block.mlp[2].weight.t().contiguous()))
-            weights.append(self.head.weight.t().contiguous())
+            weights.append(head_weight.t().contiguous())
             self._decode_cache = (key, weights)
         return self._decode_cache[1]
 

@@ -53,7 +53,8 @@ def pick_tokens(logits: torch.Tensor, greedy: bool = True, temperature: float = 
     return torch.multinomial(probs, 1, generator=generator)[:, 0]
 
 
-def check_sampling_mask(allowed: torch.Tensor, sequential: torch.Tensor, gen_mask: torch.Tensor, n_pre: int) -> None:
+def check_sampling_mask(allowed: torch.Tensor, sequential: torch.Tensor, gen_mask: torch.Tensor, n_pre: int,
+                        input_last: bool = False) -> None:
     """Raises ValueError unless `allowed` lets the cached sampler reproduce the full forward pass."""
     B, S, _ = allowed.shape
     L = gen_mask.shape[1]
@@ -63,10 +64,11 @@ def check_sampling_mask(allowed: torch.Tensor, sequential: torch.Tensor, gen_mas
     if tuple(sequential.shape) != (B, S) or allowed.shape[2] != S:
         raise ValueError(f"attention mask {tuple(allowed.shape)} and sequential {tuple(sequential.shape)} "
                          f"must be (B, S, S) and (B, S)")
-    if S != n_pre + L - 1:
-        raise ValueError(f"sequence of {S} positions does not match {n_pre} leading positions + {L} grid tokens - 1")
+    if S != n_pre + L - (0 if input_last else 1):
+        raise ValueError(f"sequence of {S} positions does not match {n_pre} leading positions + {L} grid tokens"
+                         + ("" if input_last else " - 1"))
     held = torch.zeros(B, S, dtype=torch.bool, device=gen_mask.device)
-    held[:, n_pre:] = gen_mask[:, :-1]
+    held[:, n_pre:] = gen_mask[:, :S - n_pre]
     if (held & ~sequential).any():
         raise ValueError("a position holding a token to generate is not in the sequential group")
     seq_row, seq_col = sequential[:, :, None], sequential[:, None, :]
@@ -84,7 +86,8 @@ def sample_tokens(backbone, z: torch.Tensor, gen_mask: torch.Tensor, allowed: to
                   prefix: Optional[torch.Tensor] = None, *, greedy: bool = True, temperature: float = 1.0,
                   top_k: Optional[int] = None, generator: Optional[torch.Generator] = None,
                   vocab_limit: Optional[int] = None, use_cache: bool = True, progress: bool = False,
-                  record_logits: bool = False, pos_features: Optional[torch.Tensor] = None) -> SampleResult:
+                  record_logits: bool = False, pos_features: Optional[torch.Tensor] = None,
+                  input_last: bool = False) -> SampleResult:
     """Fill in the grid tokens where `gen_mask` is True, in raster order.
 
     backbone: an `ilat_ext.modules.gpt.GPT`-interface transformer (GPT or XTransformer).
@@ -92,7 +95,9 @@ def sample_tokens(backbone, z: torch.Tensor, gen_mask: torch.Tensor, allowed: to
     gen_mask: (B, L) bool, tokens to generate (may differ per element, may be empty).
     allowed: (B, S, S) bool attention mask; sequential: (B, S) bool, the positions to compute in
         order (the LA mask's causal group, `ilat_ext.masks.la_causal_positions`).
-    embeddings: (B, E, C) leading features; prefix: (B, P) leading tokens; S = E + P + L - 1.
+    embeddings: (B, E, C) leading features; prefix: (B, P) leading tokens; S = E + P + L - 1, or
+        S = E + P + L with `input_last` (every grid token an input, the release's 514-position
+        sequence: the last position holds z_{L-1} and predicts nothing).
     vocab_limit: draw only from the first `vocab_limit` logits (a vocabulary with extra tokens).
     pos_features: (B, >= S, C) per-position input features (the backbone's `pos_features`), given to
         every call, so cached decoding adds at each position what the training forward added.
@@ -110,7 +115,8 @@ def sample_tokens(backbone, z: torch.Tensor, gen_mask: torch.Tensor, allowed: to
                                 dtype=next(backbone.parameters()).dtype)
     if not gen_mask.any():
         return SampleResult(z, 0, logits_out)
-    check_sampling_mask(allowed, sequential, gen_mask, n_pre)
+    check_sampling_mask(allowed, sequential, gen_mask, n_pre, input_last)
+    n_in = allowed.shape[1] - n_pre  # grid tokens that are inputs: L - 1, or L
     if pos_features is not None and (pos_features.dim() != 3 or pos_features.shape[:2] != (B, allowed.shape[1])):
         raise ValueError(f"pos_features of shape {tuple(pos_features.shape)} must be (B={B}, S={allowed.shape[1]}, C)")
     rows = torch.arange(B, device=z.device)
@@ -135,17 +141,17 @@ def sample_tokens(backbone, z: torch.Tensor, gen_mask: torch.Tensor, allowed: to
         for k in tqdm(range(steps), desc="sampling (no cache)", disable=not progress, leave=False):
             j = order[:, k]
             active = k < count
-            logits = forward(z[:, :-1], attn_mask=allowed)                       # (B, S, V)
+            logits = forward(z[:, :n_in], attn_mask=allowed)                     # (B, S, V)
             take(active, j, logits[rows, (n_pre - 1 + j).clamp(max=logits.shape[1] - 1)])
         return SampleResult(z, steps, logits_out)
 
     S = allowed.shape[1]
     pos = torch.arange(S, device=z.device)
     held = torch.zeros(B, S, dtype=torch.bool, device=z.device)
-    held[:, n_pre:] = gen_mask[:, :-1]
+    held[:, n_pre:] = gen_mask[:, :n_in]
     exact = ~sequential | (held.cumsum(1) == 0)   # first-pass rows that read known inputs only
     predicts = torch.zeros(B, S, dtype=torch.bool, device=z.device)
-    predicts[:, n_pre - 1:] = gen_mask                             # position n_pre - 1 + j predicts token j
+    predicts[:, n_pre - 1:n_pre - 1 + L] = gen_mask                # position n_pre - 1 + j predicts token j
 
     # The plan, all known before the first call. Element b's sequential positions are computed in
     # order as new cache slots, except those the first pass already got exactly; a position is
@@ -191,14 +197,14 @@ def sample_tokens(backbone, z: torch.Tensor, gen_mask: torch.Tensor, allowed: to
     # Everything predicted by a row that reads known tokens only comes from the first pass: tokens
     # predicted by non-sequential rows, and by leading sequential rows. The first pass fills the
     # cache with every position and computes logits at those rows only.
-    direct = gen_mask & exact[:, n_pre - 1:]                                       # (B, L)
+    direct = gen_mask & exact[:, n_pre - 1:n_pre - 1 + L]                          # (B, L)
     n_direct = direct.sum(1)                                                       # (B,)
     grid = torch.arange(L, device=z.device)
     direct_j = torch.sort(torch.where(direct, grid, L), dim=1).values[:, :max(1, int(n_direct.max()))]
     direct_ok = direct_j < L                                                       # (B, R)
     direct_j = direct_j.clamp(max=L - 1)
     cache = backbone.new_cache(capacity=slot_pos.shape[1])
-    first = forward(z[:, :-1], attn_mask=allowed, cache=cache, out_rows=n_pre - 1 + direct_j)  # (B, R, V)
+    first = forward(z[:, :n_in], attn_mask=allowed, cache=cache, out_rows=n_pre - 1 + direct_j)  # (B, R, V)
     if direct_ok.any():
         b_idx, r_idx = direct_ok.nonzero(as_tuple=True)
         logits = first[b_idx, r_idx]
@@ -220,3 +226,49 @@ def sample_tokens(backbone, z: torch.Tensor, gen_mask: torch.Tensor, allowed: to
         logits = logits[..., :vocab_limit] if vocab_limit else logits
         take(take_any[:, r], q_pos[rows, lo + t] - n_pre + 1, logits)
     return SampleResult(z, 1 + n_calls, logits_out)
+
+
+@torch.no_grad()
+def sample_tokens_release(backbone, z: torch.Tensor, gen_mask: torch.Tensor, embeddings: torch.Tensor, n_cond: int,
+                          *, greedy: bool = True, temperature: float = 1.0, top_k: Optional[int] = None,
+                          generator: Optional[torch.Generator] = None, vocab_limit: Optional[int] = None,
+                          progress: bool = False) -> SampleResult:
+    """The authors' released sampler (their `GETransformer.sample`), batched.
+
+    For each token to generate, in raster order: rebuild their attention mask
+    (`ilat_ext.masks.release_attention_mask`) with every generated token marked known, run the
+    full sequence once (no cache), take the logits of the row that predicts the token. Elements
+    of a batch follow their own masks (step k generates each element's k-th token); an element
+    gets the tokens it would get alone (the maths of each row is per element).
+
+    backbone: a GPT-interface transformer; z: (B, L) long grid tokens (those under gen_mask are
+    the encoder's, visible only to rows the release lets see unknown tokens; they never reach the
+    logits read); gen_mask: (B, L) bool; embeddings: (B, n_cond + 1, C), [condition, z_s];
+    the sequence is [embeddings, z_0 .. z_{L-1}] (every grid token an input).
+    Returns a `SampleResult` (steps = full passes made).
+    """
+    from ilat_ext.masks import release_attention_mask
+
+    if z.dim() != 2 or gen_mask.shape != z.shape:
+        raise ValueError(f"z {tuple(z.shape)} and gen_mask {tuple(gen_mask.shape)} must both be (B, L)")
+    if embeddings.dim() != 3 or embeddings.shape[0] != z.shape[0] or embeddings.shape[1] != int(n_cond) + 1:
+        raise ValueError(f"embeddings of shape {tuple(embeddings.shape)} must be (B={z.shape[0]}, n_cond + 1 = "
+                         f"{int(n_cond) + 1}, C): the condition positions and z_s")
+    B, L = z.shape
+    z = z.clone()
+    remaining = gen_mask.bool().to(z.device).clone()
+    rows = torch.arange(B, device=z.device)
+    order = torch.sort(torch.where(remaining, torch.arange(L, device=z.device), L), dim=1).values   # (B, L)
+    count = remaining.sum(1)
+    steps = int(count.max()) if count.numel() else 0
+    for k in tqdm(range(steps), desc="sampling (release)", disable=not progress, leave=False):
+        j = order[:, k].clamp(max=L - 1)                                                    # (B,)
+        active = k < count
+        allowed = release_attention_mask(remaining, n_cond)                                 # (B, S, S)
+        logits = backbone(z, embeddings, attn_mask=allowed)[0]                              # (B, S, V)
+        logits = logits[rows, int(n_cond) + j]                                              # row n_cond + j predicts z_j
+        logits = logits[..., :vocab_limit] if vocab_limit else logits
+        tokens = pick_tokens(logits, greedy, temperature, top_k, generator)
+        z[rows, j] = torch.where(active, tokens, z[rows, j])
+        remaining[rows, j] = remaining[rows, j] & ~active
+    return SampleResult(z, steps, None)

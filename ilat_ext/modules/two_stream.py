@@ -63,6 +63,25 @@ def mask_memo() -> Iterator[None]:
         _MEMO.reset(token)
 
 
+# While `whole_map_statistics()` is open, MaskedGroupNorm ignores its mask (plain GroupNorm /
+# InstanceNorm statistics over the whole map): the authors' release, leak included.
+_WHOLE_MAP: ContextVar[bool] = ContextVar("ilat_whole_map_statistics", default=False)
+
+
+@contextmanager
+def whole_map_statistics(enabled: bool = True) -> Iterator[None]:
+    """Within this context every `MaskedGroupNorm` normalises with statistics over the whole map,
+    masked positions included, as the released iLAT encoder does (its InstanceNorm leaks the
+    masked content into every unmasked latent a little; FACTS.md Sec. 1). The convolutions stay
+    two-stream. Used by the release path of `ilat_ext.apps.release_edit`; `enabled=False` is a
+    no-op, so callers can pass their choice through."""
+    token = _WHOLE_MAP.set(bool(enabled) or _WHOLE_MAP.get())
+    try:
+        yield
+    finally:
+        _WHOLE_MAP.reset(token)
+
+
 def _memo(mask: torch.Tensor, key: tuple, build: Callable[[], Any]) -> Any:
     memo = _MEMO.get()
     if memo is None:
@@ -102,7 +121,7 @@ class MaskedGroupNorm(nn.GroupNorm):
     """
 
     def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
-        if mask is None:
+        if mask is None or _WHOLE_MAP.get():
             return super().forward(x)
         _check_layer_mask(x, mask, type(self).__name__)
         mask = _as_bool(mask)
@@ -148,10 +167,12 @@ class MaskedGroupNorm(nn.GroupNorm):
         return torch.addcmul(shift.view(B, C, 1, 1), x, scale.view(B, C, 1, 1), out=centred)
 
 
-def make_norm(channels: int, norm_type: str = "group", groups: int = 32) -> MaskedGroupNorm:
+def make_norm(channels: int, norm_type: str = "group", groups: int = 32, eps: float = 1e-6,
+              affine: bool = True) -> MaskedGroupNorm:
     """The encoder's normalisation: "group" = taming's GroupNorm(32, eps 1e-6, affine), or `groups`
     groups; "instance" = one group per channel (the iLAT face preset). Parameters are `weight`,
-    `bias` whatever the groups, so checkpoints load across presets.
+    `bias` whatever the groups, so checkpoints load across presets. `eps` and `affine=False`
+    describe the authors' released face models (`nn.InstanceNorm2d(C)`: eps 1e-5, no parameters).
 
     Narrow models want fewer groups: with ch = 32, GroupNorm(32) is InstanceNorm, which
     normalises every channel of every image on its own and so throws away the flat colours the
@@ -171,7 +192,7 @@ def make_norm(channels: int, norm_type: str = "group", groups: int = 32) -> Mask
     elif isinstance(groups, bool) or not isinstance(groups, int) or groups < 1 or channels % groups:
         raise ValueError(f"norm_groups must be a positive integer that divides every normalised channel count, "
                          f"got {groups!r} for {channels} channels")
-    return MaskedGroupNorm(num_groups=groups, num_channels=channels, eps=1e-6, affine=True)
+    return MaskedGroupNorm(num_groups=groups, num_channels=channels, eps=float(eps), affine=bool(affine))
 
 
 # ----------------------------------------------------------------------------- convolution
@@ -331,23 +352,42 @@ def two_stream_conv_reference(conv: nn.Conv2d, x: torch.Tensor, mask: torch.Tens
 
 
 # ----------------------------------------------------------------------------- blocks
-class TSDownsample(nn.Module):
-    """taming's Downsample (pad (0, 1, 0, 1), then 3x3 stride-2 conv, or 2x2 average pooling).
+DOWNSAMPLE_KINDS = ("taming", "conv4x4")
 
-    forward(x (B, C, H, W), mask (B, 1, H, W) or None) -> (B, C, H/2, W/2). The output mask is
-    `downsample_mask(mask, 2)`; the conv's ring is computed on the mask padded like x. Average
-    pooling reads only the output cell's own 2 x 2 pixels and cannot leak.
+
+class TSDownsample(nn.Module):
+    """taming's Downsample (pad (0, 1, 0, 1), then 3x3 stride-2 conv, or 2x2 average pooling), or,
+    with kind="conv4x4", the authors' released encoder's 4x4 stride-2 conv with padding 1 (`out_channels`
+    may then differ from `in_channels`: the sketch VQGAN's channel-changing downsample).
+
+    forward(x (B, C, H, W), mask (B, 1, H, W) or None) -> (B, C_out, H/2, W/2). The output mask is
+    `downsample_mask(mask, 2)`; the conv's ring is computed on the mask padded like x (for 4x4 the
+    conv pads symmetrically and TSConv2d's own geometry is exact). Average pooling reads only the
+    output cell's own 2 x 2 pixels and cannot leak.
     """
 
-    def __init__(self, in_channels: int, with_conv: bool):
+    def __init__(self, in_channels: int, with_conv: bool, kind: str = "taming", out_channels: Optional[int] = None):
         super().__init__()
+        if kind not in DOWNSAMPLE_KINDS:
+            raise ValueError(f"downsample must be one of {DOWNSAMPLE_KINDS}, got {kind!r}")
         self.with_conv = with_conv
+        self.kind = kind
+        out_channels = in_channels if out_channels is None else int(out_channels)
+        if out_channels != in_channels and not (with_conv and kind == "conv4x4"):
+            raise ValueError("a channel-changing downsample needs kind='conv4x4' with a conv")
         if self.with_conv:
-            self.conv = TSConv2d(in_channels, in_channels, kernel_size=3, stride=2, padding=0)
+            if kind == "conv4x4":
+                self.conv = TSConv2d(in_channels, out_channels, kernel_size=4, stride=2, padding=1)
+            else:
+                self.conv = TSConv2d(in_channels, in_channels, kernel_size=3, stride=2, padding=0)
 
     def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         if not self.with_conv:
             return F.avg_pool2d(x, kernel_size=2, stride=2)
+        if self.kind == "conv4x4":
+            if mask is not None:
+                _check_layer_mask(x, mask, type(self).__name__)
+            return self.conv(x, mask)
         pad = (0, 1, 0, 1)  # no asymmetric padding in torch conv (as upstream)
         x_pad = F.pad(x, pad, mode="constant", value=0)
         if mask is None:
@@ -364,15 +404,16 @@ class TSResnetBlock(nn.Module):
     """
 
     def __init__(self, *, in_channels: int, out_channels: Optional[int] = None, conv_shortcut: bool = False,
-                 dropout: float = 0.0, norm_type: str = "group", norm_groups: int = 32):
+                 dropout: float = 0.0, norm_type: str = "group", norm_groups: int = 32, norm_eps: float = 1e-6,
+                 norm_affine: bool = True):
         super().__init__()
         self.in_channels = in_channels
         out_channels = in_channels if out_channels is None else out_channels
         self.out_channels = out_channels
         self.use_conv_shortcut = conv_shortcut
-        self.norm1 = make_norm(in_channels, norm_type, norm_groups)
+        self.norm1 = make_norm(in_channels, norm_type, norm_groups, norm_eps, norm_affine)
         self.conv1 = TSConv2d(in_channels, out_channels, kernel_size=3, stride=1, padding=1)
-        self.norm2 = make_norm(out_channels, norm_type, norm_groups)
+        self.norm2 = make_norm(out_channels, norm_type, norm_groups, norm_eps, norm_affine)
         self.dropout = nn.Dropout(dropout)  # elementwise, its randomness is independent of x
         self.conv2 = TSConv2d(out_channels, out_channels, kernel_size=3, stride=1, padding=1)
         if self.in_channels != self.out_channels:
@@ -402,10 +443,11 @@ class TSAttnBlock(nn.Module):
     operation for operation (bmm, scale, softmax, bmm).
     """
 
-    def __init__(self, in_channels: int, norm_type: str = "group", norm_groups: int = 32):
+    def __init__(self, in_channels: int, norm_type: str = "group", norm_groups: int = 32, norm_eps: float = 1e-6,
+                 norm_affine: bool = True):
         super().__init__()
         self.in_channels = in_channels
-        self.norm = make_norm(in_channels, norm_type, norm_groups)
+        self.norm = make_norm(in_channels, norm_type, norm_groups, norm_eps, norm_affine)
         self.q = nn.Conv2d(in_channels, in_channels, kernel_size=1, stride=1, padding=0)
         self.k = nn.Conv2d(in_channels, in_channels, kernel_size=1, stride=1, padding=0)
         self.v = nn.Conv2d(in_channels, in_channels, kernel_size=1, stride=1, padding=0)
