@@ -251,6 +251,9 @@ def test_clear_errors(runs, script, tmp_path, capsys):
     assert script(base[:0] + ["--run", str(empty_run)] + base[2:] + ["--mask", mask, "--strokes", strokes]) == 2
     assert "last.ckpt" in capsys.readouterr().err
 
+    assert script(base + ["--mask", mask, "--strokes", strokes, "--path", "release"]) == 2
+    assert "not converted from the authors' checkpoints" in capsys.readouterr().err
+
     assert script(["--run", runs["vqgan"]] + base[2:] + ["--mask", mask, "--strokes", strokes]) == 2
     assert "not a TamingTransformer" in capsys.readouterr().err
 

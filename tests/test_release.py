@@ -289,3 +289,46 @@ def test_converted_run_finetunes_and_edits_through_the_existing_tools(release, t
                           env=dict(os.environ, PYTHONPATH=repo))
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert cv2.imread(str(tmp_path / "out.png")).shape == (32, 32, 3)
+
+
+def test_edit_face_runs_both_paths_on_a_converted_run_and_shows_both(release, tmp_path, capsys):
+    """--path ilat | release through the command: the result is each path's edit pasted into the
+    photo (exact outside the mask), the grid input | mask | sketch | release | iLAT | result."""
+    import runpy
+
+    import cv2
+
+    from ilat_ext.apps import edit, release_edit
+
+    rng = np.random.default_rng(2)
+    face = (rng.random((64, 64, 3)) * 255).astype(np.uint8)
+    mask = np.zeros((64, 64), np.uint8)
+    mask[16:40, 16:48] = 255
+    strokes = np.full((64, 64), 255, np.uint8)
+    cv2.line(strokes, (18, 20), (44, 36), 0, 2)
+    paths = {}
+    for name, img in (("face.png", face[:, :, ::-1]), ("mask.png", mask), ("strokes.png", strokes)):
+        paths[name] = str(tmp_path / name)
+        cv2.imwrite(paths[name], img)
+    main = runpy.run_path(os.path.join(os.path.dirname(os.path.dirname(__file__)), "scripts", "edit_face.py"))["main"]
+    outs = {}
+    for path in ("ilat", "release"):
+        outs[path] = str(tmp_path / f"{path}.png")
+        grid = str(tmp_path / f"{path}_grid.png")
+        assert main(["--run", release["run"], "--image", paths["face.png"], "--mask", paths["mask.png"], "--strokes",
+                     paths["strokes.png"], "--out", outs[path], "--grid", grid, "--path", path, "--device", "cpu"]) == 0
+        assert f"{path} path" in capsys.readouterr().out
+        size = edit.load_editor(release["run"]).size
+        assert cv2.imread(grid).shape[1] == 6 * size + 5 * 2
+    editor = edit.load_editor(release["run"])
+    inputs = edit.prepare_inputs(paths["face.png"], paths["mask.png"], paths["strokes.png"], editor.size,
+                                 editor.sketch_style)
+    for path, out in outs.items():
+        expected = release_edit.edit_tensors(editor.model, inputs.x, inputs.mask, inputs.sketch, path)
+        pasted = edit.paste_results(inputs, expected.image)[0]
+        assert np.array_equal(cv2.imread(out)[:, :, ::-1], pasted), path
+        inside = mask > 127
+        assert np.array_equal(pasted[~inside], face[~inside])
+    # a run that is not a converted release run has only its own path
+    assert main(["--run", release["run"] + "_nope", "--image", paths["face.png"], "--mask", paths["mask.png"],
+                 "--strokes", paths["strokes.png"], "--out", str(tmp_path / "x.png")]) == 2

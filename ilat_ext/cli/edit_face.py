@@ -61,6 +61,10 @@ def get_parser() -> argparse.ArgumentParser:
     add_sampling_arguments(p)
     p.add_argument("--size", type=int, help="image side for the model (default: the run's training size)")
     add_photo_arguments(p)
+    p.add_argument("--path", choices=("ilat", "release"), default=None,
+                   help="a run converted from the authors' checkpoints (scripts/convert_release.py): ilat (ours: "
+                        "leak-free encoder, LA mask, KV cache, Eq. 4; the default) or release (their computation, "
+                        "token for token); the grid shows both")
     p.add_argument("--xdog", choices=("auto", "release", "resized", "toy"), default="auto",
                    help="how the sketch outside the mask is made (default: like the run's training data)")
     p.add_argument("--unsafe_load", action="store_true", help="allow full unpickling of the runs' checkpoints "
@@ -93,8 +97,26 @@ def _check_args(parser: argparse.ArgumentParser, args) -> None:
     check_photo_arguments(parser, args)
 
 
-def _columns(edit, inputs, ilat, taming, sampling, results):
-    """Grid columns for a batch of inputs: input | mask | sketch | [Taming | Taming*] | iLAT | [result]."""
+def is_release_run(model) -> bool:
+    """A run converted from the authors' checkpoints (their 514-position sequence)."""
+    return bool(getattr(model, "input_last_token", False))
+
+
+def _run_edit(edit, model, inputs, sampling, path):
+    """The edit of a batch: `edit.edit_faces` (sample_local), or for a converted release run its
+    `path` ("ilat" | "release", `ilat_ext.apps.release_edit.edit_tensors`) as an EditResult."""
+    if not is_release_run(model):
+        return edit.edit_faces(model, inputs.x, inputs.mask, inputs.sketch, **sampling)
+    from ilat_ext.apps.release_edit import edit_tensors
+    from ilat_ext.models.cond_transformer import EditResult
+
+    out = edit_tensors(model, inputs.x, inputs.mask, inputs.sketch, path, **sampling)
+    return EditResult(out.image, out.tokens, out.token_mask, out.steps)
+
+
+def _columns(edit, inputs, ilat, taming, sampling, results, model=None, path="ilat"):
+    """Grid columns for a batch of inputs: input | mask | sketch | [Taming | Taming*] | iLAT | [result];
+    for a converted release run input | mask | sketch | release | iLAT | [result]."""
     import torch
 
     from ilat_ext.apps.image_io import uint8_to_tensor
@@ -103,6 +125,11 @@ def _columns(edit, inputs, ilat, taming, sampling, results):
     if taming is not None:
         cols["Taming"] = edit.edit_faces(taming, inputs.x, inputs.mask, inputs.sketch, "taming", **sampling).image.cpu()
         cols["Taming*"] = edit.edit_faces(taming, inputs.x, inputs.mask, inputs.sketch, **sampling).image.cpu()
+    if model is not None and is_release_run(model):
+        other = "release" if path == "ilat" else "ilat"
+        both = {path: ilat, other: _run_edit(edit, model, inputs, sampling, other).image.cpu()}
+        cols["release"] = both["release"]
+        ilat = both["ilat"]
     cols["iLAT"] = ilat
     if results is not None:          # what the user gets: the result's region at the model's size
         size = inputs.x.shape[-1]
@@ -111,7 +138,8 @@ def _columns(edit, inputs, ilat, taming, sampling, results):
     return cols
 
 
-def _write_results(edit, args, inputs, result, outs: List[str], grids: List[Optional[str]], taming, sampling):
+def _write_results(edit, args, inputs, result, outs: List[str], grids: List[Optional[str]], taming, sampling,
+                   model=None):
     from ilat_ext.apps.image_io import labelled_grid, tensor_to_uint8, write_rgb
 
     results = None if args.model_size else edit.paste_results(inputs, result.image.cpu(), args.feather)
@@ -119,7 +147,7 @@ def _write_results(edit, args, inputs, result, outs: List[str], grids: List[Opti
     for out, image in zip(outs, images):
         write_rgb(out, image)
     if any(g is not None for g in grids):
-        cols = _columns(edit, inputs, result.image.cpu(), taming, sampling, results)
+        cols = _columns(edit, inputs, result.image.cpu(), taming, sampling, results, model, args.path or "ilat")
         for i, grid in enumerate(grids):
             if grid is not None:
                 labelled_grid({k: v[i:i + 1] for k, v in cols.items()}, grid)
@@ -137,8 +165,8 @@ def _edit_one(edit, args, editor, taming, sampling) -> int:
                                  _read_options(edit, args, editor))
     for note in inputs.notes:
         print(note)
-    result = edit.edit_faces(editor.model, inputs.x, inputs.mask, inputs.sketch, **sampling)
-    image = _write_results(edit, args, inputs, result, [args.out], [args.grid], taming, sampling)[0]
+    result = _run_edit(edit, editor.model, inputs, sampling, args.path or "ilat")
+    image = _write_results(edit, args, inputs, result, [args.out], [args.grid], taming, sampling, editor.model)[0]
     h, w = image.shape[:2]
     kept = ("the model's size" if args.model_size else
             "the source's size; every pixel outside the mask is the source's")
@@ -177,10 +205,10 @@ def _edit_folder(edit, args, editor, taming, sampling) -> int:
             names.append(os.path.splitext(os.path.basename(image))[0])
         if items:
             inputs = edit.EditInputs.stack(items)
-            result = edit.edit_faces(editor.model, inputs.x, inputs.mask, inputs.sketch, **sampling)
+            result = _run_edit(edit, editor.model, inputs, sampling, args.path or "ilat")
             outs = [os.path.join(args.out_dir, n + ".png") for n in names]
             grids = [None if grid_dir is None else os.path.join(grid_dir, n + ".png") for n in names]
-            _write_results(edit, args, inputs, result, outs, grids, taming, sampling)
+            _write_results(edit, args, inputs, result, outs, grids, taming, sampling, editor.model)
             written += len(items)
         bar.update(len(triples[start:start + args.batch_size]))
     bar.close()
@@ -223,6 +251,13 @@ def main(argv=None) -> int:
         taming = None
         if args.taming is not None:
             taming = edit.load_editor(args.taming, device, size=editor.size, baseline=True, unsafe=unsafe).model
+        if args.path is not None and not is_release_run(editor.model):
+            raise ValueError(f"--path {args.path}: run {args.run!r} is not converted from the authors' checkpoints "
+                             "(scripts/convert_release.py); its own sampling is the ilat path")
+        if is_release_run(editor.model):
+            print(f"authors' release model, {args.path or 'ilat'} path" + (" (ours: leak-free, LA mask, KV cache)"
+                                                                           if (args.path or "ilat") == "ilat" else
+                                                                           " (their computation)"))
         print(f"{type(editor.model).__name__} at {editor.size} px on {device}; sketch outside the mask: "
               f"{editor.sketch_style} XDoG; {'greedy' if sampling['greedy'] else 'sampling'}")
         if args.input_dir is not None:
