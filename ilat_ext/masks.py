@@ -314,6 +314,18 @@ def la_attention_mask(token_mask: torch.Tensor, n_cond: int, layout: str = "star
     return allowed
 
 
+def _grid_mask(token_mask: torch.Tensor, n_cond) -> "tuple[torch.Tensor, int]":
+    """(B, L) bool of a (B, h, w) or (B, L) token mask, and n_cond checked to be >= 1."""
+    if token_mask.dim() == 3:
+        token_mask = token_mask.reshape(token_mask.shape[0], -1)
+    if token_mask.dim() != 2:
+        raise ValueError(f"token_mask must be (B, h, w) or (B, L), got shape {tuple(token_mask.shape)}")
+    n_cond = int(n_cond)
+    if n_cond < 1:
+        raise ValueError(f"n_cond must be >= 1 (a start token or a condition), got {n_cond}")
+    return token_mask.bool(), n_cond
+
+
 def la_causal_positions(token_mask: torch.Tensor, n_cond: int, layout: str = "start",
                         input_last: bool = False) -> torch.Tensor:
     """The causal group of the LA mask as (B, S) bool over sequence positions (see `la_attention_mask`).
@@ -330,14 +342,7 @@ def la_causal_positions(token_mask: torch.Tensor, n_cond: int, layout: str = "st
     """
     if layout not in LA_LAYOUTS:
         raise ValueError(f"layout must be one of {LA_LAYOUTS}, got {layout!r}")
-    if token_mask.dim() == 3:
-        token_mask = token_mask.reshape(token_mask.shape[0], -1)
-    if token_mask.dim() != 2:
-        raise ValueError(f"token_mask must be (B, h, w) or (B, L), got shape {tuple(token_mask.shape)}")
-    n_cond = int(n_cond)
-    if n_cond < 1:
-        raise ValueError(f"n_cond must be >= 1 (a start token or a condition), got {n_cond}")
-    m = token_mask.bool()
+    m, n_cond = _grid_mask(token_mask, n_cond)
     batch, length = m.shape
     if input_last and layout != "start":
         raise ValueError("input_last needs the 'start' layout")
@@ -375,14 +380,7 @@ def release_attention_mask(token_mask: torch.Tensor, n_cond: int) -> torch.Tenso
         >>> a[2].tolist(), a[3].tolist(), a[4].tolist()               # rows holding z_0, z_1, z_2
         ([1, 1, 1, 0, 0, 1], [1, 1, 1, 1, 0, 1], [1, 1, 1, 1, 1, 1])
     """
-    if token_mask.dim() == 3:
-        token_mask = token_mask.reshape(token_mask.shape[0], -1)
-    if token_mask.dim() != 2:
-        raise ValueError(f"token_mask must be (B, h, w) or (B, L), got shape {tuple(token_mask.shape)}")
-    n_cond = int(n_cond)
-    if n_cond < 1:
-        raise ValueError(f"n_cond must be >= 1, got {n_cond}")
-    m = token_mask.bool()
+    m, n_cond = _grid_mask(token_mask, n_cond)
     B, L = m.shape
     known = torch.cat([m.new_ones(B, 1), ~m], dim=1)                       # (B, L + 1)
     lower = torch.ones(L + 1, L + 1, dtype=torch.bool, device=m.device).tril()
