@@ -1,0 +1,230 @@
+"""The browser editor (`ilat-editor`, `ilat_ext.apps.editor`) in a real browser: headless Chromium
+(Debian's `chromium`) driven by playwright, against the editor served in a subprocess on a free
+localhost port with tiny toy runs. A face is uploaded, a mask and strokes are painted with real
+mouse events on the canvas's two layers, Edit runs Taming, Taming* and iLAT; the result fetched
+from the page has the upload's size, its pixels outside the mask are the upload's, inside they
+differ, and the token count shown is the mask's. Bad requests (no mask, an unreadable upload) are
+messages in the page and the server keeps serving. The screenshot is written to
+$ILAT_EDITOR_SCREENSHOT when set (docs/editor.png is made so)."""
+import io
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from tests import photos
+from tests.helpers import REPO
+from tests.test_ilat_chain import train_toy_transformers
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("editor_runs")
+    return train_toy_transformers(tmp)
+
+
+@pytest.fixture(scope="module")
+def server(runs, tmp_path_factory):
+    """The editor on a free port: (url, process); its output is in the log file."""
+    port = _free_port()
+    log = tmp_path_factory.mktemp("editor_server") / "server.log"
+    env = dict(os.environ, GRADIO_ANALYTICS_ENABLED="False", PYTHONPATH=REPO + os.pathsep
+               + os.environ.get("PYTHONPATH", ""), NO_PROXY="127.0.0.1,localhost")
+    with open(log, "w") as out:
+        proc = subprocess.Popen([sys.executable, os.path.join(REPO, "scripts", "editor.py"), "--run", runs["ilat"],
+                                 "--baseline", runs["taming"], "--port", str(port), "--device", "cpu"],
+                                stdout=out, stderr=subprocess.STDOUT, env=env, cwd=REPO)
+    deadline = time.time() + 120
+    while "Serving the iLAT editor at" not in log.read_text():
+        if proc.poll() is not None or time.time() > deadline:
+            proc.kill()
+            pytest.fail(f"the editor did not start:\n{log.read_text()[-3000:]}")
+        time.sleep(0.2)
+    url = re.search(r"Serving the iLAT editor at (\S+)", log.read_text()).group(1)
+    assert url == f"http://127.0.0.1:{port}/"             # bound to localhost by default
+    yield url, proc, log
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+@pytest.fixture(scope="module")
+def page(server):
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        pytest.fail("playwright is missing: pip install -e '.[test]' (.ci/run installs it)")
+    if not os.path.exists(CHROMIUM):
+        pytest.fail("chromium is missing: apt-get install -y chromium (.ci/run installs it)")
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True,
+                                    args=["--no-sandbox", "--disable-dev-shm-usage", "--use-angle=swiftshader",
+                                          "--enable-unsafe-swiftshader"])   # WebGL on the CPU: the canvas
+        page = browser.new_page(viewport={"width": 1400, "height": 1250})
+        page.set_default_timeout(60_000)
+        yield page
+        browser.close()
+
+
+@pytest.fixture(scope="module")
+def face(tmp_path_factory):
+    """A held-out toy face enlarged to 192 x 192 (not the model's size), as a PNG."""
+    import cv2
+
+    from ilat_ext.data import ToyFaces
+
+    image = ToyFaces(size=64, length=1, split="test", mask=False, sketch=False)[0]["image"]
+    image = np.clip(np.rint((image + 1) * 127.5), 0, 255).astype(np.uint8)
+    big = cv2.resize(image, (192, 192), interpolation=cv2.INTER_CUBIC)
+    return photos.save(tmp_path_factory.mktemp("face") / "face.png", big)
+
+
+def _open(page, url, photo):
+    page.goto(url)
+    page.set_input_files("#photo_file input[type=file]", photo)
+    page.wait_for_function("document.querySelector('#face_status').innerText.includes('loaded')")
+    page.wait_for_timeout(500)
+
+
+def _image_box(page):
+    """(left, top, side) of the photo on the screen: the canvas centres it at the zoom shown."""
+    box = page.locator("#canvas canvas").first.bounding_box()
+    zoom = float(re.search(r"(\d+)%", page.locator("#canvas").inner_text()).group(1)) / 100
+    side = 512 * zoom                                   # canvas_background: a 192-px photo is shown at 512
+    return box["x"] + (box["width"] - side) / 2, box["y"] + (box["height"] - side) / 2, side
+
+
+def _paint(page, x0, y0, x1, y1, step=8):
+    """Brush strokes covering the box (fractions of the photo): mouse down, a zigzag of moves one
+    brush width apart (the canvas draws the segments between them), mouse up. Few moves: each one
+    redraws the canvas, about a quarter of a second in software rendering on 2 cores."""
+    left, top, side = _image_box(page)
+    X, Y = (lambda f: left + f * side), (lambda f: top + f * side)
+    m = page.mouse
+    m.move(X(x0), Y(y0))
+    m.down()
+    y, right = Y(y0), True
+    while True:
+        m.move(X(x1) if right else X(x0), y)
+        right = not right
+        if y >= Y(y1):
+            break
+        y = min(y + step, Y(y1))
+        m.move(X(x0) if right else X(x1), y)
+    m.up()
+
+
+def _line(page, a, b):
+    left, top, side = _image_box(page)
+    m = page.mouse
+    m.move(left + a[0] * side, top + a[1] * side)
+    m.down()
+    m.move(left + b[0] * side, top + b[1] * side, steps=3)
+    m.up()
+
+
+def _layer(page, n):
+    if not page.locator('#canvas button[aria-label="layer-1"]').is_visible():
+        page.click("#canvas button.layer-title-button")
+    page.click(f'#canvas button[aria-label="layer-{n}"]')
+
+
+def _fetch(page, elem_id) -> np.ndarray:
+    from PIL import Image
+
+    img = page.locator(f"#{elem_id} img").first
+    img.wait_for()
+    response = page.request.get(img.get_attribute("src"))
+    assert response.ok
+    return np.asarray(Image.open(io.BytesIO(response.body())).convert("RGB"))
+
+
+def _status(page) -> str:
+    return page.locator("#face_status").inner_text()
+
+
+def test_edit_a_face_drawn_in_the_browser(server, page, face, runs):
+    from ilat_ext.apps.photo_io import full_region
+    from ilat_ext.masks import latent_mask
+    from ilat_ext.runs import load_run
+
+    url, proc, _ = server
+    start = time.perf_counter()
+    _open(page, url, face)
+    _paint(page, 0.3, 0.55, 0.7, 0.8)                      # layer 1, "mask": the mouth
+    _layer(page, 2)                                        # "strokes": a smile inside it
+    _line(page, (0.38, 0.65), (0.62, 0.7))
+    page.click("#edit")
+    page.wait_for_function("document.querySelector('#face_table').innerText.includes('iLAT')", timeout=90_000)
+    seconds = time.perf_counter() - start
+    source = photos.decoded(face)
+    result = _fetch(page, "result_ilat")
+    mask = _fetch(page, "shown_mask")[:, :, 0] > 127
+    assert result.shape == source.shape == (192, 192, 3)
+    # the mask lies where it was painted (to a few pixels: the brush's width and the zoom's rounding)
+    rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+    assert abs(rows[0] - 0.55 * 192) < 12 and abs(rows[-1] - 0.8 * 192) < 12
+    assert abs(cols[0] - 0.3 * 192) < 12 and abs(cols[-1] - 0.7 * 192) < 12
+    assert np.array_equal(result[~mask], source[~mask])  # bit for bit outside the mask
+    assert (result[mask] != source[mask]).any()
+    for name in ("result_taming", "result_taming_star"):
+        other = _fetch(page, name)
+        assert other.shape == source.shape and np.array_equal(other[~mask], source[~mask])
+    # the condition sketch shows the strokes: dark pixels inside the mask along the line
+    sketch = _fetch(page, "shown_sketch")
+    assert sketch.shape == (64, 64, 3)
+    # tokens: the latent cells the model-size mask touches
+    model, _ = load_run(runs["ilat"])
+    model_mask = full_region(mask.shape).mask_to_model(mask, 64)
+    tokens = int(latent_mask(torch.from_numpy(model_mask.astype(np.float32))[None, None],
+                             model.first_stage_factor).sum())
+    table = page.locator("#face_table").inner_text()
+    for method in ("Taming*", "iLAT"):                     # the masked tokens only
+        assert re.search(rf"{re.escape(method)}\s+[\d.]+\s+{tokens} of 256", table), (method, table)
+    taming = int(re.search(r"Taming\s+[\d.]+\s+(\d+) of 256", table).group(1))
+    assert taming > tokens                                 # Taming: everything after the first masked token
+    shot = os.environ.get("ILAT_EDITOR_SCREENSHOT")
+    page.screenshot(path=shot or os.path.join(os.path.dirname(str(face)), "editor.png"), full_page=True)
+    print(f"\nbrowser edit: {seconds:.1f} s from upload to results; table:\n{table}")
+    assert proc.poll() is None
+
+
+def test_no_mask_and_a_broken_upload_are_messages_and_the_server_keeps_serving(server, page, face, tmp_path):
+    url, proc, log = server
+    _open(page, url, face)
+    page.click("#edit")                                    # nothing drawn
+    page.wait_for_function("document.querySelector('#face_status').innerText.includes('no mask drawn')")
+    assert "Traceback" not in page.content()
+    broken = photos.truncated_copy(face, tmp_path / "broken.png")
+    page.goto(url)
+    page.set_input_files("#photo_file input[type=file]", broken)
+    page.wait_for_function("document.querySelector('#face_status').innerText.includes('truncated or corrupt')")
+    assert proc.poll() is None and page.request.get(url).ok
+    # the next request is served: an example face, a mask, Edit
+    page.goto(url)
+    page.get_by_text("held_out_face_1.png").click()
+    page.wait_for_function("document.querySelector('#face_status').innerText.includes('loaded')")
+    page.wait_for_timeout(500)
+    _paint(page, 0.2, 0.2, 0.5, 0.4)
+    page.click("#edit")
+    page.wait_for_function("document.querySelector('#face_table').innerText.includes('iLAT')", timeout=90_000)
+    assert _fetch(page, "result_ilat").shape == (64, 64, 3)
+    assert "no strokes drawn" in _status(page)
+    assert "Traceback" not in log.read_text()
