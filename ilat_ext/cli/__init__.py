@@ -6,7 +6,7 @@
     ilat-demo-faces        ilat_ext.cli.demo_faces         ilat-generate-xdog-sketch ilat_ext.cli.generate_xdog_sketch
     ilat-demo-poses        ilat_ext.cli.demo_poses         ilat-write-split-flists   ilat_ext.cli.write_split_flists
     ilat-build-sdf         ilat_ext.cli.build_sdf          ilat-benchmark-encoder    ilat_ext.cli.benchmark_encoder
-    ilat-benchmark-sampling  ilat_ext.cli.benchmark_sampling
+    ilat-benchmark-sampling  ilat_ext.cli.benchmark_sampling    ilat-editor            ilat_ext.cli.editor
 
 `scripts/<name>.py` are thin wrappers over the same `main`s. The front ends parse and check their
 arguments, call the library (`ilat_ext.apps`, `ilat_ext.data`, ...) and print; the library itself
