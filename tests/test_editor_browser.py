@@ -7,6 +7,7 @@ differ, and the token count shown is the mask's. Bad requests (no mask, an unrea
 messages in the page and the server keeps serving. The screenshot is written to
 $ILAT_EDITOR_SCREENSHOT when set (docs/editor.png is made so)."""
 import io
+import json
 import os
 import re
 import shutil
@@ -22,6 +23,7 @@ import torch
 from tests import photos
 from tests.helpers import REPO
 from tests.test_ilat_chain import train_toy_transformers
+from tests.test_pose_guide import train_pose_runs
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 
@@ -34,8 +36,10 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("editor_runs")
-    return train_toy_transformers(tmp)
+    """The face runs laid out as a demo folder (DEMO/logs/<time>_ilat, <time>_taming), and pose runs."""
+    demo = tmp_path_factory.mktemp("editor_demo")
+    pose = tmp_path_factory.mktemp("editor_pose")
+    return dict(train_toy_transformers(demo), demo=str(demo), pose=train_pose_runs(pose)["ilat"])
 
 
 @pytest.fixture(scope="module")
@@ -46,8 +50,8 @@ def server(runs, tmp_path_factory):
     env = dict(os.environ, GRADIO_ANALYTICS_ENABLED="False", PYTHONPATH=REPO + os.pathsep
                + os.environ.get("PYTHONPATH", ""), NO_PROXY="127.0.0.1,localhost")
     with open(log, "w") as out:
-        proc = subprocess.Popen([sys.executable, os.path.join(REPO, "scripts", "editor.py"), "--run", runs["ilat"],
-                                 "--baseline", runs["taming"], "--port", str(port), "--device", "cpu"],
+        proc = subprocess.Popen([sys.executable, os.path.join(REPO, "scripts", "editor.py"), "--demo", runs["demo"],
+                                 "--pose_run", runs["pose"], "--port", str(port), "--device", "cpu"],
                                 stdout=out, stderr=subprocess.STDOUT, env=env, cwd=REPO)
     deadline = time.time() + 120
     while "Serving the iLAT editor at" not in log.read_text():
@@ -57,6 +61,7 @@ def server(runs, tmp_path_factory):
         time.sleep(0.2)
     url = re.search(r"Serving the iLAT editor at (\S+)", log.read_text()).group(1)
     assert url == f"http://127.0.0.1:{port}/"             # bound to localhost by default
+    assert f"baseline {runs['taming']}" in log.read_text()  # --demo: its ilat run, with its taming run
     yield url, proc, log
     proc.terminate()
     try:
@@ -228,3 +233,54 @@ def test_no_mask_and_a_broken_upload_are_messages_and_the_server_keeps_serving(s
     assert _fetch(page, "result_ilat").shape == (64, 64, 3)
     assert "no strokes drawn" in _status(page)
     assert "Traceback" not in log.read_text()
+
+
+def _json(path, pose):
+    with open(path, "w") as f:
+        json.dump({"joints": [[float(x), float(y), int(v)] for x, y, v in np.asarray(pose).tolist()]}, f)
+    return str(path)
+
+
+def _pose_status(page, text):
+    page.wait_for_function(f"/{text}/.test(document.querySelector('#pose_status').innerText)")
+    return page.locator("#pose_status").inner_text()
+
+
+def test_pose_guiding_from_a_toy_pair_and_from_json_files(server, page, tmp_path):
+    from ilat_ext.apps.editor import toy_pair
+    from ilat_ext.data.pose import scale_pose
+
+    url, proc, log = server
+    page.goto(url)
+    page.get_by_role("tab", name="Pose guiding").click()
+    page.click("#pose_use_pair")
+    said = _pose_status(page, "synthesized|Error")
+    assert re.match(r"synthesized in [\d.]+ s, \d+ tokens regenerated", said), said
+    reference, ref_pose, target_pose = toy_pair(64, 0)
+    result, mask = _fetch(page, "pose_result"), _fetch(page, "pose_mask")[:, :, 0] > 127
+    assert result.shape == reference.shape and mask.any()
+    assert np.array_equal(result[~mask], reference[~mask]) and (result[mask] != reference[mask]).any()
+    # files: the reference at 128 x 96 (not square, not the model's size), poses in its pixels
+    import cv2
+    big = cv2.resize(reference, (128, 96), interpolation=cv2.INTER_CUBIC)
+    ref_file = photos.save(tmp_path / "reference.png", big)
+    ref_json = _json(tmp_path / "ref.json", scale_pose(ref_pose, 2.0, 1.5))
+    bad = scale_pose(target_pose, 2.0, 1.5).copy()
+    bad[0, :2] = (500, 20)                                 # the head, visible, outside the image
+    page.set_input_files("#pose_ref input[type=file]", ref_file)
+    page.set_input_files("#pose_ref_json input[type=file]", ref_json)
+    page.set_input_files("#pose_target_json input[type=file]", _json(tmp_path / "bad.json", bad))
+    page.click("#pose_go")
+    said = _pose_status(page, "Error")
+    assert "head" in said and "Traceback" not in page.content(), said
+    page.goto(url)
+    page.get_by_role("tab", name="Pose guiding").click()
+    page.set_input_files("#pose_ref input[type=file]", ref_file)
+    page.set_input_files("#pose_ref_json input[type=file]", ref_json)
+    page.set_input_files("#pose_target_json input[type=file]",
+                         _json(tmp_path / "target.json", scale_pose(target_pose, 2.0, 1.5)))
+    page.click("#pose_go")
+    assert "synthesized" in _pose_status(page, "synthesized|Error")
+    result, mask = _fetch(page, "pose_result"), _fetch(page, "pose_mask")[:, :, 0] > 127
+    assert result.shape == big.shape and np.array_equal(result[~mask], big[~mask])
+    assert proc.poll() is None and "Traceback" not in log.read_text()

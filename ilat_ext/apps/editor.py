@@ -37,6 +37,9 @@ logger = logging.getLogger(__name__)
 
 DISPLAY_MIN, DISPLAY_MAX = 512, 1024     # the canvas shows the photo with its long side in this range
 FACE_METHODS = ("Taming", "Taming*", "iLAT")
+SHOWN = {"height": 256, "buttons": ["fullscreen"]}         # no "share" button: nothing leaves this machine
+SAVED = {"height": 256, "buttons": ["download", "fullscreen"]}
+FILE = {"height": 110}
 
 
 class Problem(ValueError):
@@ -292,12 +295,12 @@ def _face_tab(gr, session: Optional[FaceSession], max_pixels: Optional[int]):
     with gr.Row():
         with gr.Column(scale=1):
             photo_file = gr.File(label="photo (JPEG, PNG, WebP, BMP, TIFF)", file_types=["image"], type="filepath",
-                                 elem_id="photo_file")
+                                 elem_id="photo_file", **FILE)
             if session.examples:
                 gr.Examples(examples=[[p] for p in session.examples], inputs=[photo_file],
                             label="held-out faces of the run's data")
             sketch_file = gr.File(label="optional: a complete condition sketch instead of XDoG + strokes",
-                                  file_types=["image"], type="filepath", elem_id="sketch_file")
+                                  file_types=["image"], type="filepath", elem_id="sketch_file", **FILE)
             with gr.Accordion("sampling", open=False):
                 greedy = gr.Checkbox(True, label="greedy (top-1; the paper's default)", elem_id="greedy")
                 temperature = gr.Number(1.0, label="temperature", elem_id="temperature")
@@ -313,15 +316,15 @@ def _face_tab(gr, session: Optional[FaceSession], max_pixels: Optional[int]):
             edit_button = gr.Button("Edit", variant="primary", elem_id="edit")
     status = gr.Markdown("", elem_id="face_status")
     with gr.Row():
-        shown_input = gr.Image(label="input", format="png", interactive=False, elem_id="shown_input")
+        shown_input = gr.Image(label="input", format="png", interactive=False, elem_id="shown_input", **SHOWN)
         shown_mask = gr.Image(label="mask (at the photo's size)", format="png", interactive=False,
-                              elem_id="shown_mask")
+                              elem_id="shown_mask", **SHOWN)
         shown_sketch = gr.Image(label="condition sketch the model received", format="png", interactive=False,
-                                elem_id="shown_sketch")
+                                elem_id="shown_sketch", **SHOWN)
     names = FACE_METHODS if session.baseline is not None else ("iLAT",)
     with gr.Row():
         method_images = [gr.Image(label=f"{name} (the photo's size)", format="png", interactive=False,
-                                  buttons=["download"], elem_id=f"result_{name.replace('*', '_star').lower()}")
+                                  **SAVED, elem_id=f"result_{name.replace('*', '_star').lower()}")
                          for name in names]
     table = gr.Markdown("", elem_id="face_table")
 
@@ -373,26 +376,28 @@ def _pose_tab(gr, session: Optional[PoseSession]):
     state = gr.State(None)
     with gr.Row():
         with gr.Column():
-            ref_file = gr.File(label="reference image", file_types=["image"], type="filepath", elem_id="pose_ref")
+            ref_file = gr.File(label="reference image", file_types=["image"], type="filepath", elem_id="pose_ref",
+                               **FILE)
             ref_json = gr.File(label="reference pose (JSON)", file_types=[".json"], type="filepath",
-                               elem_id="pose_ref_json")
+                               elem_id="pose_ref_json", **FILE)
             target_json = gr.File(label="target pose (JSON)", file_types=[".json"], type="filepath",
-                                  elem_id="pose_target_json")
+                                  elem_id="pose_target_json", **FILE)
             with gr.Row():
                 pair_index = gr.Number(0, label="toy pair (held out)", precision=0, elem_id="pose_pair")
                 pair_button = gr.Button("use toy pair", elem_id="pose_use_pair")
             go = gr.Button("Synthesize", variant="primary", elem_id="pose_go")
         with gr.Column():
-            ref_shown = gr.Image(label="reference with its pose", format="png", interactive=False)
-            target_shown = gr.Image(label="target pose", format="png", interactive=False)
+            ref_shown = gr.Image(label="reference with its pose", format="png", interactive=False, **SHOWN)
+            target_shown = gr.Image(label="target pose", format="png", interactive=False, **SHOWN)
     status = gr.Markdown("", elem_id="pose_status")
     with gr.Row():
         result_image = gr.Image(label="iLAT (the reference's size)", format="png", interactive=False,
-                                buttons=["download"], elem_id="pose_result")
-        baseline_image = gr.Image(label="Taming", format="png", interactive=False, buttons=["download"],
+                                **SAVED, elem_id="pose_result")
+        baseline_image = gr.Image(label="Taming", format="png", interactive=False, **SAVED,
                                   visible=session.baseline is not None)
-        mask_image = gr.Image(label="union mask", format="png", interactive=False, elem_id="pose_mask")
-        warped_image = gr.Image(label="warped reference (the model's condition)", format="png", interactive=False)
+        mask_image = gr.Image(label="union mask", format="png", interactive=False, elem_id="pose_mask", **SHOWN)
+        warped_image = gr.Image(label="warped reference (the model's condition)", format="png", interactive=False,
+                                **SHOWN)
 
     def from_files(ref_path, ref_pose_path, target_pose_path):
         from ilat_ext.apps import pose_guide as pg
