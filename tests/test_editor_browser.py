@@ -174,7 +174,10 @@ def test_edit_a_face_drawn_in_the_browser(server, page, face, runs):
     start = time.perf_counter()
     _open(page, url, face)
     _paint(page, 0.3, 0.55, 0.7, 0.8)                      # layer 1, "mask": the mouth
-    _layer(page, 2)                                        # "strokes": a smile inside it
+    _layer(page, 2)                                        # "strokes": a smile inside it, in black
+    page.click('#canvas button[aria-label="Color"]')
+    page.click('#canvas button.color[style*="rgb(0, 0, 0)"]')
+    page.click('#canvas button[aria-label="Brush"]')
     _line(page, (0.38, 0.65), (0.62, 0.7))
     page.click("#edit")
     page.wait_for_function("document.querySelector('#face_table').innerText.includes('iLAT')", timeout=90_000)

@@ -40,6 +40,7 @@ FACE_METHODS = ("Taming", "Taming*", "iLAT")
 SHOWN = {"height": 256, "buttons": ["fullscreen"]}         # no "share" button: nothing leaves this machine
 SAVED = {"height": 256, "buttons": ["download", "fullscreen"]}
 FILE = {"height": 110}
+MASK_COLOR = ("#ff0000", 0.6)
 
 
 class Problem(ValueError):
@@ -289,8 +290,9 @@ def _face_tab(gr, session: Optional[FaceSession], max_pixels: Optional[int]):
     editor = session.editor
     gr.Markdown(f"**{os.path.basename(editor.run.rstrip('/'))}** ({type(editor.model).__name__}, {editor.size} px"
                 + (", with a Taming baseline" if session.baseline is not None else "") + "). Upload a photo, paint "
-                "the region to edit on the **mask** layer and the lines to follow on the **strokes** layer, click "
-                "**Edit**.")
+                "the region to edit on the **mask** layer (layers: bottom right of the canvas) and the lines to follow on "
+                "the **strokes** layer (the black brush: the colour button), click **Edit**. Brush, eraser, undo "
+                "and zoom are in the canvas's toolbars.")
     photo_state = gr.State(None)
     with gr.Row():
         with gr.Column(scale=1):
@@ -310,8 +312,10 @@ def _face_tab(gr, session: Optional[FaceSession], max_pixels: Optional[int]):
             canvas = gr.ImageEditor(label="draw: mask layer = where, strokes layer = what", type="numpy",
                                     image_mode="RGBA", sources=(), elem_id="canvas",
                                     layers=gr.LayerOptions(allow_additional_layers=False, layers=["mask", "strokes"]),
-                                    brush=gr.Brush(default_size=12, colors=["#ff0000", "#000000", "#ffffff"],
-                                                   default_color="#ff0000"),
+                                    # the mask in see-through red (alpha 0.6 >= the half that counts),
+                                    # strokes in black; any colour works on either layer
+                                    brush=gr.Brush(default_size=12, colors=[MASK_COLOR, "#000000", "#ffffff"],
+                                                   default_color=MASK_COLOR),
                                     transforms=(), height=560, canvas_size=(512, 512))
             edit_button = gr.Button("Edit", variant="primary", elem_id="edit")
     status = gr.Markdown("", elem_id="face_status")
