@@ -51,7 +51,8 @@ def server(runs, tmp_path_factory):
                + os.environ.get("PYTHONPATH", ""), NO_PROXY="127.0.0.1,localhost")
     with open(log, "w") as out:
         proc = subprocess.Popen([sys.executable, os.path.join(REPO, "scripts", "editor.py"), "--demo", runs["demo"],
-                                 "--pose_run", runs["pose"], "--port", str(port), "--device", "cpu"],
+                                 "--pose_run", runs["pose"], "--port", str(port), "--device", "cpu",
+                                 "--max_pixels", "40000", "--max_file_size", "1"],
                                 stdout=out, stderr=subprocess.STDOUT, env=env, cwd=REPO)
     deadline = time.time() + 120
     while "Serving the iLAT editor at" not in log.read_text():
@@ -224,6 +225,13 @@ def test_no_mask_and_a_broken_upload_are_messages_and_the_server_keeps_serving(s
     page.goto(url)
     page.set_input_files("#photo_file input[type=file]", broken)
     page.wait_for_function("document.querySelector('#face_status').innerText.includes('truncated or corrupt')")
+    page.goto(url)                                         # over --max_pixels 40000: a message
+    page.set_input_files("#photo_file input[type=file]", photos.save(tmp_path / "big.png", photos.photo(256, 256)))
+    page.wait_for_function("document.querySelector('#face_status').innerText.includes('over the limit')")
+    page.goto(url)                                         # over --max_file_size 1 (MB): gradio's message
+    noise = np.random.default_rng(0).integers(0, 256, (800, 800, 3), dtype=np.uint8)
+    page.set_input_files("#photo_file input[type=file]", photos.save(tmp_path / "heavy.png", noise))
+    page.get_by_text("exceed the maximum allowed size of 1.0 Mb").first.wait_for()
     assert proc.poll() is None and page.request.get(url).ok
     # the next request is served: an example face, a mask, Edit
     page.goto(url)
