@@ -109,3 +109,11 @@ def test_the_command_refuses_what_it_cannot_serve(runs, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "holds an iLAT model" in err and len(err.strip().splitlines()) == 1
     assert not cli.is_pose_run(runs["ilat"])
+
+
+def test_a_pose_run_is_recognised_from_its_config(tmp_path):
+    from ilat_ext.cli import editor as cli
+    from tests.test_pose_guide import train_pose_runs
+
+    pose = train_pose_runs(tmp_path)
+    assert cli.is_pose_run(pose["ilat"]) and not cli.is_pose_run(pose["vqgan"])
