@@ -85,7 +85,11 @@ def page(server):
                                           "--enable-unsafe-swiftshader"])   # WebGL on the CPU: the canvas
         page = browser.new_page(viewport={"width": 1400, "height": 1250})
         page.set_default_timeout(60_000)
+        elsewhere = []                                     # requests the page makes beyond the editor
+        page.on("request", lambda r: None if r.url.startswith((server[0], "data:", "blob:"))
+                else elsewhere.append(r.url))
         yield page
+        assert not elsewhere, elsewhere[:5]                # no fonts, analytics or CDNs: localhost only
         browser.close()
 
 

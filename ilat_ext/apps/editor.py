@@ -454,6 +454,11 @@ def build_app(face: Optional[FaceSession] = None, pose: Optional[PoseSession] = 
 def launch(app, host: str = "127.0.0.1", port: int = 7860, max_file_size: str = "25mb", block: bool = True):
     """Serve `app` on host:port (never a share link, no analytics), uploads limited to `max_file_size`."""
     os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
-    return app.launch(server_name=host, server_port=port, share=False, max_file_size=max_file_size,
+    import gradio as gr
+
+    # system fonts: no font for the browser to fetch from anywhere (the browser tests check it)
+    theme = gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"],
+                              font_mono=["ui-monospace", "monospace"])
+    return app.launch(server_name=host, server_port=port, share=False, max_file_size=max_file_size, theme=theme,
                       show_error=False, prevent_thread_lock=not block, quiet=True, footer_links=[],
                       ssr_mode=False, mcp_server=False, pwa=False)
