@@ -24,11 +24,16 @@ setup(
         "tqdm",
         "tensorboard",
     ],
-    extras_require={"test": ["pytest>=7", "scikit-image>=0.19"]},  # scikit-image: the SSIM reference in tests
+    extras_require={
+        "editor": ["gradio>=6.0,<7"],                            # ilat-editor, the browser editor
+        # scikit-image: the SSIM reference; playwright drives Debian's chromium in the editor's browser tests
+        "test": ["pytest>=7", "scikit-image>=0.19", "gradio>=6.0,<7", "playwright>=1.40"],
+    },
     # scripts/<name>.py run the same commands from a checkout (python scripts/edit_face.py ...)
     entry_points={"console_scripts": [
         "ilat-main=ilat_ext.main:main",
         "ilat-edit-face=ilat_ext.cli.edit_face:main",
+        "ilat-editor=ilat_ext.cli.editor:main",
         "ilat-compare=ilat_ext.cli.compare:main",
         "ilat-pose-guide=ilat_ext.cli.pose_guide:main",
         "ilat-demo-faces=ilat_ext.cli.demo_faces:main",

@@ -14,7 +14,8 @@ from ilat_ext.cli import (ArgumentParser, add_sampling_arguments, check_sampling
 from tests.helpers import REPO
 
 COMMANDS = ["benchmark_edit", "benchmark_encoder", "benchmark_sampling", "build_sdf", "compare", "convert_release",
-            "demo_faces", "demo_poses", "edit_face", "eval_tsvqgan", "generate_masks", "generate_xdog_sketch", "pose_guide", "quantize_dataset",
+            "demo_faces", "demo_poses", "edit_face", "editor", "eval_tsvqgan", "generate_masks", "generate_xdog_sketch",
+            "pose_guide", "quantize_dataset",
             "write_split_flists"]
 
 # A valid command line of each parser, written with the canonical (underscore) spellings; every
@@ -35,6 +36,8 @@ ARGV = {
     "demo_poses": ["--steps_scale", "0.5", "--n_show", "2", "--n_compare", "3"],
     "edit_face": ["--run", "r", "--input_dir", "i", "--out_dir", "o", "--batch_size", "2", "--top_k", "3",
                   "--keep_size", "--no_greedy"],
+    "editor": ["--run", "r", "--baseline", "b", "--pose_run", "p", "--pose_baseline", "q", "--max_pixels", "100",
+               "--max_file_size", "5", "--unsafe_load"],
     "eval_tsvqgan": ["logs/run", "--num", "4", "--unsafe_load"],
     "generate_masks": ["--output_path", "m", "--count", "2"],
     "generate_xdog_sketch": ["--input_path", "i", "--output_path", "o"],

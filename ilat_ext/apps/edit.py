@@ -52,7 +52,7 @@ bit-exactly.
 """
 import os
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
@@ -218,23 +218,40 @@ def prepare_inputs(image_path: str, mask_path: str, strokes_path: Optional[str],
     o = options or ReadOptions()
     photo = read_photo(image_path, "image", o.max_pixels)
     mask = read_mask(mask_path, photo.shape, image_path, o.mask_threshold, o.max_pixels, allow_empty=o.allow_empty)
-    region, why = choose_region(o.region, mask.mask, size, o.whole_images, o.margin)
-    notes = photo.notes + mask.notes + [f"region: {region.side}x{region.side} px at ({region.left}, {region.top}) "
-                                        f"of the {photo.shape[1]}x{photo.shape[0]} image ({why})"]
-    if region.side < size:
-        notes.append(f"warning: the {region.side}x{region.side} region is smaller than the model's {size} px: "
-                     "upscaled, so the edit is no sharper than the source")
-    square = region.crop(photo.rgb)
-    resized = region.to_model(photo.rgb, size)
-    model_mask = region.mask_to_model(mask.mask, size)
     which = sketch_path if sketch_path is not None else strokes_path
     if which is None:
         raise ValueError("give the strokes (dark lines on white) or a complete sketch")
     lines = read_strokes(which, photo.shape, image_path, o.strokes_polarity,
                          "sketch" if sketch_path is not None else "strokes", o.max_pixels)
-    notes += lines.notes
-    drawn = region.to_model(lines.sketch, size, fill=255)
-    if sketch_path is not None:
+    return prepare_arrays(photo.rgb, mask.mask, lines.sketch, size, sketch_style, sketch_path is not None, o,
+                          photo.notes + mask.notes + lines.notes)
+
+
+def prepare_arrays(photo: np.ndarray, mask: np.ndarray, lines: np.ndarray, size: int, sketch_style: str = "release",
+                   complete_sketch: bool = False, options: Optional[ReadOptions] = None,
+                   notes: Sequence[str] = ()) -> EditInputs:
+    """`prepare_inputs` on arrays already read (the browser editor's canvas layers, say) -> `EditInputs` (B = 1).
+
+    photo: uint8 (H, W, 3) RGB; mask: bool (H, W), True = edit; lines: uint8 (H, W) dark lines on
+    white at the photo's size (`photo_io.read_strokes`' convention), the user's strokes (only
+    their part inside the mask is used) or, with `complete_sketch`, the whole condition sketch.
+    `options` gives the region rule (`photo_io.choose_region`); `notes` are carried into the result's.
+    """
+    o = options or ReadOptions()
+    if photo.shape[:2] != mask.shape or lines.shape != mask.shape:
+        raise ValueError(f"photo {photo.shape}, mask {mask.shape} and lines {lines.shape} differ in size")
+    region, why = choose_region(o.region, mask, size, o.whole_images, o.margin)
+    H, W = mask.shape
+    notes = list(notes) + [f"region: {region.side}x{region.side} px at ({region.left}, {region.top}) "
+                           f"of the {W}x{H} image ({why})"]
+    if region.side < size:
+        notes.append(f"warning: the {region.side}x{region.side} region is smaller than the model's {size} px: "
+                     "upscaled, so the edit is no sharper than the source")
+    square = region.crop(photo)
+    resized = region.to_model(photo, size)
+    model_mask = region.mask_to_model(mask, size)
+    drawn = region.to_model(lines, size, fill=255)
+    if complete_sketch:
         sketch = drawn
     else:
         sketch = compose_edit_sketch(resized, model_mask, drawn,
@@ -242,7 +259,7 @@ def prepare_inputs(image_path: str, mask_path: str, strokes_path: Optional[str],
     x = uint8_to_tensor(resized)
     c = torch.from_numpy(sketch_to_tensor_layout(sketch)).permute(2, 0, 1)[None]
     m = torch.from_numpy(model_mask.astype(np.float32))[None, None]
-    return EditInputs(x, m, c.contiguous(), [photo.rgb], [mask.mask], [region], notes)
+    return EditInputs(x, m, c.contiguous(), [photo], [mask], [region], notes)
 
 
 def paste_results(inputs: EditInputs, images: torch.Tensor, feather: Optional[float] = None) -> List[np.ndarray]:

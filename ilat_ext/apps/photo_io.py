@@ -268,15 +268,24 @@ def read_mask(path: str, image_shape: Tuple[int, int], image_path: str = "image"
         notes.append(f"mask {path!r} has transparent pixels: its alpha channel is the mask (opaque = edit)")
     else:
         plane = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
+    return mask_from_plane(plane, image_shape, threshold, f"mask {path!r}", allow_empty, notes)
+
+
+def mask_from_plane(plane: np.ndarray, image_shape: Tuple[int, int], threshold: float = 0.5, what: str = "mask",
+                    allow_empty: bool = False, notes: Sequence[str] = ()) -> Mask:
+    """`read_mask` on an array: a uint8 (h, w) plane (gray levels, or a paint layer's alpha) with the
+    image's aspect ratio, resized to the image's (H, W), True where >= `threshold` of 255. `what`
+    names the mask in messages (the browser editor's "the mask layer")."""
     mask = resize_plane(plane, image_shape) >= threshold * 255.0
+    notes = list(notes)
     covered = float(mask.mean())
     if not mask.any() and not allow_empty:
-        raise InputError(f"mask {path!r} covers nothing (no value >= {threshold:g} of white, its maximum is "
+        raise InputError(f"{what} covers nothing (no value >= {threshold:g} of white, its maximum is "
                          f"{int(plane.max())}/255): paint the region to edit white, or opaque on a transparent layer")
     if mask.all():
-        notes.append(f"mask {path!r} covers the whole image: everything is regenerated")
+        notes.append(f"{what} covers the whole image: everything is regenerated")
     elif mask.any():
-        notes.append(f"mask {path!r}: {covered:.1%} of the image to edit")
+        notes.append(f"{what}: {covered:.1%} of the image to edit")
     return Mask(mask, notes)
 
 
@@ -284,6 +293,11 @@ def stroke_polarity(gray: np.ndarray) -> str:
     """"dark" (dark lines on a light background) or "light" (light lines on dark), from the
     background: the median gray level, since strokes cover a small part of a stroke file."""
     return "light" if float(np.median(gray)) < 128 else "dark"
+
+
+def layer_ink(alpha: np.ndarray) -> np.ndarray:
+    """uint8 (h, w) dark-on-white lines of a transparent stroke layer's uint8 (h, w) alpha: opaque = ink."""
+    return 255 - alpha
 
 
 @dataclass
@@ -308,7 +322,7 @@ def read_strokes(path: str, image_shape: Tuple[int, int], image_path: str = "ima
     check_aspect(path, what, rgb.shape[:2], image_shape, image_path)
     notes = _resized_note(what, path, rgb.shape[:2], image_shape)
     if alpha is not None:
-        plane, found = 255 - alpha, "layer"
+        plane, found = layer_ink(alpha), "layer"
         notes.append(f"{what} {path!r} has transparent pixels: a stroke layer, opaque pixels are ink")
     else:
         plane = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)

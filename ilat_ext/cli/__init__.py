@@ -7,7 +7,7 @@
     ilat-demo-poses        ilat_ext.cli.demo_poses         ilat-write-split-flists   ilat_ext.cli.write_split_flists
     ilat-build-sdf         ilat_ext.cli.build_sdf          ilat-benchmark-encoder    ilat_ext.cli.benchmark_encoder
     ilat-benchmark-sampling  ilat_ext.cli.benchmark_sampling  ilat-benchmark-edit     ilat_ext.cli.benchmark_edit
-    ilat-convert-release     ilat_ext.cli.convert_release
+    ilat-convert-release     ilat_ext.cli.convert_release     ilat-editor             ilat_ext.cli.editor
 
 `scripts/<name>.py` are thin wrappers over the same `main`s. The front ends parse and check their
 arguments, call the library (`ilat_ext.apps`, `ilat_ext.data`, ...) and print; the library itself
