@@ -5,7 +5,8 @@ mouse events on the canvas's two layers, Edit runs Taming, Taming* and iLAT; the
 from the page has the upload's size, its pixels outside the mask are the upload's, inside they
 differ, and the token count shown is the mask's. Bad requests (no mask, an unreadable upload) are
 messages in the page and the server keeps serving. The screenshot is written to
-$ILAT_EDITOR_SCREENSHOT when set (docs/editor.png is made so)."""
+$ILAT_EDITOR_SCREENSHOT when set (docs/editor.png is made so, with $ILAT_EDITOR_DEMO=demo after the
+main job)."""
 import io
 import json
 import os
@@ -36,9 +37,17 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """The face runs laid out as a demo folder (DEMO/logs/<time>_ilat, <time>_taming), and pose runs."""
-    demo = tmp_path_factory.mktemp("editor_demo")
+    """The face runs laid out as a demo folder (DEMO/logs/<time>_ilat, <time>_taming), and pose runs.
+    $ILAT_EDITOR_DEMO names the folder of a finished main job to use instead (docs/editor.png is
+    taken so, with the demo's trained runs)."""
+    import glob
+
     pose = tmp_path_factory.mktemp("editor_pose")
+    finished = os.environ.get("ILAT_EDITOR_DEMO")
+    if finished:
+        found = {name: sorted(glob.glob(os.path.join(finished, "logs", f"*_{name}")))[-1] for name in ("ilat", "taming")}
+        return dict(found, demo=finished, pose=train_pose_runs(pose)["ilat"])
+    demo = tmp_path_factory.mktemp("editor_demo")
     return dict(train_toy_transformers(demo), demo=str(demo), pose=train_pose_runs(pose)["ilat"])
 
 
