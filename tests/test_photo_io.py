@@ -223,7 +223,19 @@ def test_paste_edit_is_exact_outside_the_mask_and_feathered_only_inside(source):
     weights = pio.feather_map(mask, 3)
     assert (weights[~mask] == 0).all() and weights.max() == 1 and ((weights > 0) & (weights < 1))[mask].any()
     hard = pio.paste_edit(source, mask, edited, region, feather=0)
-    big = pio.upsample_edit(edited, region.side)
+    big = pio.resize_to(edited, (region.side, region.side))
     window = mask[:, region.left:region.left + region.side]                  # the region: the centred square
     assert np.array_equal(hard[:, region.left:region.left + region.side][window], big[window])
-    assert pio.default_feather(pio.Region(0, 0, 1024), 256) == 4.0
+    assert pio.default_feather(1024, 256) == 4.0 and pio.default_feather(64, 64) == 0.0
+
+
+def test_the_command_line_defaults_are_the_layers():
+    """ilat_ext.cli repeats two defaults so that parsing needs no numpy; they must stay the layer's."""
+    from ilat_ext import cli
+    from ilat_ext.apps.edit import ReadOptions
+
+    assert cli.DEFAULT_MAX_PIXELS == pio.DEFAULT_MAX_PIXELS == ReadOptions().max_pixels
+    parser = cli.ArgumentParser(prog="x")
+    cli.add_photo_arguments(parser)
+    args = parser.parse_args([])
+    assert args.margin == pio.DEFAULT_MARGIN and args.mask_threshold == ReadOptions().mask_threshold

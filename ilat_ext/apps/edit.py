@@ -248,7 +248,7 @@ def prepare_arrays(photo: np.ndarray, mask: np.ndarray, lines: np.ndarray, size:
         notes.append(f"warning: the {region.side}x{region.side} region is smaller than the model's {size} px: "
                      "upscaled, so the edit is no sharper than the source")
     square = region.crop(photo)
-    resized = region.to_model(photo, size)
+    resized = resize_square(square, size)
     model_mask = region.mask_to_model(mask, size)
     drawn = region.to_model(lines, size, fill=255)
     if complete_sketch:

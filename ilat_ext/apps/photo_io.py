@@ -368,13 +368,11 @@ class Region:
         return np.pad(part, pads, mode="symmetric")
 
     def to_model(self, image: np.ndarray, size: int, fill: Optional[int] = None) -> np.ndarray:
-        """`crop` resized to (size, size): INTER_AREA when shrinking, INTER_CUBIC when enlarging
-        (the face datasets' resize, so `full` on a square photo is exactly the training input)."""
-        square = self.crop(image, fill)
-        if self.side == size:
-            return square
-        interp = cv2.INTER_AREA if self.side > size else cv2.INTER_CUBIC
-        return cv2.resize(square, (size, size), interpolation=interp).reshape((size, size) + image.shape[2:])
+        """`crop` resized to (size, size) by `resize_square` (the face datasets' resize, so `full` on
+        a square photo is exactly the training input)."""
+        from ilat_ext.data.image_files import resize_square   # here: ilat_ext.data loads torch
+
+        return resize_square(self.crop(image, fill), size)
 
     def mask_to_model(self, mask: np.ndarray, size: int) -> np.ndarray:
         """bool (size, size): a model pixel is edited when any part of it is covered by the bool
@@ -469,17 +467,18 @@ def feather_map(mask: np.ndarray, feather: float) -> np.ndarray:
     return (np.clip(d / float(feather), 0.0, 1.0) * m).astype(np.float32)
 
 
-def upsample_edit(edited: np.ndarray, side: int) -> np.ndarray:
-    """An (S, S, 3) decode resized to (side, side, 3): Lanczos when enlarging, area when shrinking."""
-    if edited.shape[0] == side:
-        return edited
-    interp = cv2.INTER_LANCZOS4 if side > edited.shape[0] else cv2.INTER_AREA
-    return cv2.resize(edited, (side, side), interpolation=interp)
+def resize_to(image: np.ndarray, shape: Tuple[int, int]) -> np.ndarray:
+    """A uint8 (h, w[, C]) decode resized to (H, W): Lanczos when enlarging, area when shrinking."""
+    H, W = shape
+    if image.shape[:2] == (H, W):
+        return image
+    interp = cv2.INTER_LANCZOS4 if H * W > image.shape[0] * image.shape[1] else cv2.INTER_AREA
+    return cv2.resize(image, (W, H), interpolation=interp).reshape((H, W) + image.shape[2:])
 
 
-def default_feather(region: Region, size: int) -> float:
-    """One model pixel in source pixels (side / size), so the seam is as soft as the model's own."""
-    return max(0.0, region.side / float(size)) if region.side > size else 0.0
+def default_feather(source_side: int, model_side: int) -> float:
+    """One model pixel in source pixels, so the seam is as soft as the model's own (0: not enlarged)."""
+    return source_side / float(model_side) if source_side > model_side else 0.0
 
 
 def blend_inside(original: np.ndarray, mask: np.ndarray, edited: np.ndarray, feather: float = 0.0) -> np.ndarray:
@@ -498,24 +497,19 @@ def blend_inside(original: np.ndarray, mask: np.ndarray, edited: np.ndarray, fea
 def paste_edit(original: np.ndarray, mask: np.ndarray, edited: np.ndarray, region: Region,
                feather: Optional[float] = None) -> np.ndarray:
     """The user's photo with the edit: the (S, S, 3) `edited` square resized to the region
-    (`upsample_edit`) and blended into `original` (H, W, 3) inside the bool (H, W) `mask` only,
+    (`resize_to`) and blended into `original` (H, W, 3) inside the bool (H, W) `mask` only,
     over `feather` pixels inside its edge (None: `default_feather`). Pixels outside the mask are
     the original's, bit for bit."""
     if original.shape[:2] != mask.shape:
         raise ValueError(f"mask {mask.shape} and image {original.shape[:2]} differ in size")
-    feather = default_feather(region, edited.shape[0]) if feather is None else feather
-    big = upsample_edit(edited, region.side)
+    feather = default_feather(region.side, edited.shape[0]) if feather is None else feather
+    big = resize_to(edited, (region.side, region.side))
     t, b, l, r = region.inside(original.shape)
     full = original.copy()
     full[t:b, l:r] = big[t - region.top:b - region.top, l - region.left:r - region.left]
     inside = np.zeros_like(mask)
     inside[t:b, l:r] = mask[t:b, l:r]
     return blend_inside(original, inside, full, feather)
-
-
-def window_of(image: np.ndarray, region: Region, size: int) -> np.ndarray:
-    """The region of a full-resolution result at the model's size, for a grid tile beside the decode."""
-    return region.to_model(image, size)
 
 
 def check_headers(paths: Sequence[Tuple[str, Optional[str]]], max_pixels: Optional[int] = DEFAULT_MAX_PIXELS) -> None:

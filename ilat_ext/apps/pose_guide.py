@@ -37,7 +37,8 @@ import numpy as np
 import torch
 
 from ilat_ext.apps.image_io import rgb_frames, tensor_to_uint8, uint8_to_tensor, write_rgb
-from ilat_ext.apps.photo_io import DEFAULT_MAX_PIXELS, Photo, blend_inside, feather_map, read_photo
+from ilat_ext.apps.photo_io import (DEFAULT_MAX_PIXELS, Photo, blend_inside, default_feather, feather_map, read_photo,
+                                    resize_to)
 from ilat_ext.data.pose import load_pose_json, pose_from_list, resize_image
 from ilat_ext.pose_geometry import JOINT_NAMES, NUM_JOINTS, check_pose, clean_pose, draw_skeleton_overlay
 from ilat_ext.runs import check_input_size, load_run, model_input_size, resize_mode_of
@@ -287,11 +288,10 @@ def frame_to_photo(image: np.ndarray, shape: Tuple[int, int], resize: str = "str
     H, W = shape
     side = max(H, W)
     out_h, out_w = (H, W) if resize == "stretch" else (side, side)
-    if image.dtype != np.uint8:
-        interp = cv2.INTER_LINEAR
+    if image.dtype == np.uint8:
+        out = resize_to(image, (out_h, out_w))
     else:
-        interp = cv2.INTER_LANCZOS4 if out_h * out_w > image.shape[0] * image.shape[1] else cv2.INTER_AREA
-    out = cv2.resize(image, (out_w, out_h), interpolation=interp).reshape((out_h, out_w) + image.shape[2:])
+        out = cv2.resize(image, (out_w, out_h), interpolation=cv2.INTER_LINEAR)
     if resize == "pad":
         top, left = (side - H) // 2, (side - W) // 2
         out = out[top:top + H, left:left + W]
@@ -307,7 +307,7 @@ def paste_into_photo(frames: torch.Tensor, photo: np.ndarray, masks: torch.Tenso
     for bit; bool (N, H, W) masks at the photo's size)."""
     H, W = photo.shape[:2]
     S = frames.shape[-1]
-    feather = max(H, W) / S if feather is None and max(H, W) > S else (feather or 0.0)
+    feather = default_feather(max(H, W), S) if feather is None else feather
     images, full_masks = [], []
     for frame, mask in zip(tensor_to_uint8(frames), masks.float().cpu()[:, 0].numpy()):
         big_mask = frame_to_photo(mask.astype(np.float32), (H, W), resize) >= 0.5

@@ -128,7 +128,7 @@ def _psnr_summary(values, model_size: bool = False, pasted: bool = False) -> str
     return f"the model's output: {text}"
 
 
-def _finish(pg, args, frames, reference, masks, photo):
+def _finish(pg, args, frames, reference, masks, photo, resize):
     """(the images as written, uint8 (N, H, W, 3); the same at the model's size, for grids and the
     strip; the model's PSNR outside the mask)."""
     from ilat_ext.apps.image_io import tensor_to_uint8
@@ -140,9 +140,9 @@ def _finish(pg, args, frames, reference, masks, photo):
             frames = pg.blend_into_reference(frames, reference, masks, 2.0 if args.feather is None else args.feather)
         images = tensor_to_uint8(frames)
         return images, images, psnr
-    images, _ = pg.paste_into_photo(frames, photo.rgb, masks, args.resize_mode, args.feather)
+    images, _ = pg.paste_into_photo(frames, photo.rgb, masks, resize, args.feather)
     size = frames.shape[-1]
-    return images, np.stack([resize_image(i, size, args.resize_mode) for i in images]), psnr
+    return images, np.stack([resize_image(i, size, resize) for i in images]), psnr
 
 
 def _target_poses(pg, args, sequence: bool, height: int, width: int):
@@ -160,7 +160,7 @@ def _single(pg, args, run, baseline, reference, photo, ref, targets, sampling) -
     from ilat_ext.apps.image_io import labelled_grid, tensor_to_uint8, uint8_to_tensor, write_rgb
 
     frames, masks = pg.synthesize_sequence(run.model, reference, ref, targets, **sampling)
-    images, shown, psnr = _finish(pg, args, frames, reference, masks, photo)
+    images, shown, psnr = _finish(pg, args, frames, reference, masks, photo, run.resize)
     write_rgb(args.out, images[0])
     if args.grid is not None:
         cols = {"reference": uint8_to_tensor(pg.skeleton_overlay(tensor_to_uint8(reference)[0], ref)),
@@ -187,7 +187,7 @@ def _sequence(pg, args, run, reference, photo, ref, targets, sampling) -> int:
     os.makedirs(args.out_dir, exist_ok=True)
     frames, masks = pg.synthesize_sequence(run.model, reference, ref, targets, batch_size=args.batch_size,
                                            show_progress=not args.quiet, **sampling)
-    images, shown, psnr = _finish(pg, args, frames, reference, masks, photo)
+    images, shown, psnr = _finish(pg, args, frames, reference, masks, photo, run.resize)
     for k, image in enumerate(images):
         write_rgb(os.path.join(args.out_dir, f"frame_{k:03d}.png"), image)
     gif = os.path.join(args.out_dir, "sequence.gif")
@@ -233,7 +233,6 @@ def main(argv=None) -> int:
         run = pg.load_pose_model(args.run, device, unsafe=unsafe)
         baseline = (None if args.baseline is None
                     else pg.load_pose_model(args.baseline, device, baseline=True, unsafe=unsafe))
-        args.resize_mode = run.resize
         if baseline is not None and baseline.size != run.size:
             raise ValueError(f"baseline run {args.baseline!r} takes {baseline.size}-px images, {args.run!r} "
                              f"{run.size}-px ones")
