@@ -332,3 +332,26 @@ def test_edit_face_runs_both_paths_on_a_converted_run_and_shows_both(release, tm
     # a run that is not a converted release run has only its own path
     assert main(["--run", release["run"] + "_nope", "--image", paths["face.png"], "--mask", paths["mask.png"],
                  "--strokes", paths["strokes.png"], "--out", str(tmp_path / "x.png")]) == 2
+
+
+def test_edit_release_run_is_what_edit_face_sends(release):
+    """The library call and `edit_face.py --path` prepare the same inputs (one photo layer)."""
+    from ilat_ext.apps import edit
+
+    rng = np.random.default_rng(3)
+    face = rng.integers(0, 256, (48, 48, 3), dtype=np.uint8)
+    mask = np.zeros((48, 48), bool)
+    mask[12:30, 10:36] = True
+    strokes = np.full((48, 48), 255, np.uint8)
+    strokes[20, 12:34] = 0
+    model = release["model"].float()
+    try:
+        inputs = edit.prepare_arrays(face, mask, strokes, 32, "release")
+        for path in ("release", "ilat"):
+            out = edit_release_run(model, face, mask, strokes, path=path, size=32)
+            expected = edit_tensors(model, inputs.x, inputs.mask, inputs.sketch, path)
+            assert np.array_equal(out["result"], ((expected.image[0].clamp(-1, 1) + 1) * 127.5).round()
+                                  .to(torch.uint8).permute(1, 2, 0).numpy()), path
+            assert np.array_equal(out["sketch"].astype(np.float32) / 127.5 - 1, inputs.sketch[0, 0].numpy())
+    finally:
+        release["model"].double()

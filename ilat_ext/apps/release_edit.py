@@ -27,7 +27,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Dict, Iterator, Optional, Union
 
-import cv2
 import numpy as np
 import torch
 
@@ -140,12 +139,6 @@ def edit_tensors(model, x: torch.Tensor, mask: torch.Tensor, sketch: torch.Tenso
     return ReleaseEditResult(image, tokens, m_q, steps)
 
 
-def _to_size(array: np.ndarray, size: int, interpolation: int) -> np.ndarray:
-    if array.shape[0] == size and array.shape[1] == size:
-        return array
-    return cv2.resize(array, (size, size), interpolation=interpolation)
-
-
 def edit_release_run(run: Union[str, Any], image: np.ndarray, mask: np.ndarray, strokes: Optional[np.ndarray] = None,
                      path: str = "ilat", *, device: str = "cpu", size: int = 256, greedy: bool = True,
                      temperature: float = 1.0, top_k: Optional[int] = None, seed: Optional[int] = None,
@@ -155,7 +148,7 @@ def edit_release_run(run: Union[str, Any], image: np.ndarray, mask: np.ndarray, 
 
     Args:
         run: a run folder (or checkpoint) written by scripts/convert_release.py, or its loaded model.
-        image: uint8 (H, W, 3) RGB face; square (H = W); resized to `size` (256, the release's size).
+        image: uint8 (H, W, 3) RGB face; its centred square is resized to `size` (256, the release's).
         mask: (H, W) bool (or 0/1), True = region to edit.
         strokes: uint8 (H, W) in the sketch convention (dark lines 0 on white 255), used inside the
             mask; None = no strokes (white inside the mask).
@@ -164,10 +157,14 @@ def edit_release_run(run: Union[str, Any], image: np.ndarray, mask: np.ndarray, 
     Returns:
         dict(result=uint8 (size, size, 3), sketch=uint8 (size, size) condition sketch,
              tokens=LongTensor (L,), token_mask=BoolTensor (L,), steps=int).
-    The condition sketch is the release's: XDoG (release constants) of the face at `size` outside the
-    mask, the strokes inside (`ilat_ext.data.sketch.compose_edit_sketch`).
+    The inputs go through the photo layer as `scripts/edit_face.py --path` sends them
+    (`ilat_ext.apps.edit.prepare_arrays`, region "full"): the condition sketch is the release's
+    XDoG of the face at its own resolution, resized (their training sketches), outside the mask,
+    the strokes inside.
     """
-    from ilat_ext.data.sketch import compose_edit_sketch, sketch_to_tensor_layout
+    from ilat_ext.apps.edit import ReadOptions, prepare_arrays
+    from ilat_ext.apps.image_io import tensor_to_uint8
+    from ilat_ext.data.sketch import sketch_from_tensor_layout
 
     if isinstance(run, (str, bytes)) or hasattr(run, "__fspath__"):
         from ilat_ext.runs import load_run
@@ -178,26 +175,18 @@ def edit_release_run(run: Union[str, Any], image: np.ndarray, mask: np.ndarray, 
     if dtype is not None:
         model.to(dtype)
     image = np.asarray(image)
-    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8 or image.shape[0] != image.shape[1]:
-        raise ValueError(f"image must be a square uint8 (H, W, 3) RGB array, got {image.dtype} {image.shape}")
-    mask = np.asarray(mask)
-    if mask.shape != image.shape[:2]:
-        raise ValueError(f"mask of shape {mask.shape} does not fit the image {image.shape[:2]}")
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise ValueError(f"image must be a uint8 (H, W, 3) RGB array, got {image.dtype} {image.shape}")
+    mask = np.asarray(mask).astype(bool)
     strokes = np.full(image.shape[:2], 255, np.uint8) if strokes is None else np.asarray(strokes)
-    if strokes.shape != image.shape[:2] or strokes.dtype != np.uint8:
+    if strokes.dtype != np.uint8:
         raise ValueError(f"strokes must be uint8 {image.shape[:2]}, got {strokes.dtype} {strokes.shape}")
-    face = _to_size(image, size, cv2.INTER_AREA if image.shape[0] > size else cv2.INTER_LINEAR)
-    # a model pixel is edited when any part of it is covered (the user's strokes stay inside)
-    edit = _to_size(mask.astype(np.float32), size, cv2.INTER_AREA) > 0
-    strokes = _to_size(strokes, size, cv2.INTER_AREA)
-    sketch = compose_edit_sketch(face, edit, strokes)
+    inputs = prepare_arrays(image, mask, strokes, size, "release",
+                            options=ReadOptions(region="full", allow_empty=True))
     param = next(model.parameters())
-    x = torch.from_numpy(face).permute(2, 0, 1)[None].to(param.device, torch.float32) / 127.5 - 1
-    m = torch.from_numpy(edit)[None, None].to(param.device, torch.float32)
-    c = torch.from_numpy(sketch_to_tensor_layout(sketch)).permute(2, 0, 1)[None].to(param.device)
-    x, m, c = x.to(param.dtype), m.to(param.dtype), c.to(param.dtype)
+    x, m, c = (t.to(param.device, param.dtype) for t in (inputs.x, inputs.mask, inputs.sketch))
     out = edit_tensors(model, x, m, c, path, greedy=greedy, temperature=temperature, top_k=top_k, seed=seed,
                        use_cache=use_cache, progress=progress)
-    result = ((out.image[0].float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
-    return {"result": result, "sketch": sketch, "tokens": out.tokens[0].cpu(),
+    sketch = sketch_from_tensor_layout(inputs.sketch[0].permute(1, 2, 0).numpy())
+    return {"result": tensor_to_uint8(out.image.float())[0], "sketch": sketch, "tokens": out.tokens[0].cpu(),
             "token_mask": out.token_mask[0].cpu(), "steps": out.steps}
