@@ -220,7 +220,11 @@ def test_ilat_path_cached_equals_teacher_forced(release):
     assert la_attention_mask(m_q, L + 1, input_last=True).shape[1] == 2 * (L + 1)
 
 
-def test_edit_release_run_on_uint8_inputs_both_paths(release):
+def test_edit_release_run_on_uint8_inputs_both_paths_is_what_edit_face_sends(release):
+    """The library call gives each path's edit of the inputs `edit_face.py --path` prepares (one
+    photo layer: `edit.prepare_arrays`), and the condition sketch it made."""
+    from ilat_ext.apps import edit
+
     rng = np.random.default_rng(0)
     face = rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)
     mask = np.zeros((64, 64), bool)
@@ -229,13 +233,17 @@ def test_edit_release_run_on_uint8_inputs_both_paths(release):
     strokes[30, 18:40] = 0
     model = release["model"].float()
     try:
-        outs = {p: edit_release_run(model, face, mask, strokes, path=p, size=32) for p in ("release", "ilat")}
+        inputs = edit.prepare_arrays(face, mask, strokes, 32, "release")
+        for path in ("release", "ilat"):
+            out = edit_release_run(model, face, mask, strokes, path=path, size=32)
+            assert out["result"].shape == (32, 32, 3) and out["result"].dtype == np.uint8
+            assert out["sketch"].shape == (32, 32) and out["tokens"].shape == (L,) and out["token_mask"].sum() > 0
+            expected = edit_tensors(model, inputs.x, inputs.mask, inputs.sketch, path)
+            assert np.array_equal(out["result"], ((expected.image[0].clamp(-1, 1) + 1) * 127.5).round()
+                                  .to(torch.uint8).permute(1, 2, 0).numpy()), path
+            assert np.array_equal(out["sketch"].astype(np.float32) / 127.5 - 1, inputs.sketch[0, 0].numpy())
     finally:
         release["model"].double()
-    for out in outs.values():
-        assert out["result"].shape == (32, 32, 3) and out["result"].dtype == np.uint8
-        assert out["sketch"].shape == (32, 32) and out["tokens"].shape == (L,)
-    assert outs["release"]["token_mask"].sum() > 0
 
 
 def test_release_shaped_models_have_the_release_parameter_counts():
@@ -329,29 +337,7 @@ def test_edit_face_runs_both_paths_on_a_converted_run_and_shows_both(release, tm
         assert np.array_equal(cv2.imread(out)[:, :, ::-1], pasted), path
         inside = mask > 127
         assert np.array_equal(pasted[~inside], face[~inside])
-    # a run that is not a converted release run has only its own path
+    # a missing run is a one-line error (the --path refusal for other runs: tests/test_edit_face.py)
     assert main(["--run", release["run"] + "_nope", "--image", paths["face.png"], "--mask", paths["mask.png"],
                  "--strokes", paths["strokes.png"], "--out", str(tmp_path / "x.png")]) == 2
 
-
-def test_edit_release_run_is_what_edit_face_sends(release):
-    """The library call and `edit_face.py --path` prepare the same inputs (one photo layer)."""
-    from ilat_ext.apps import edit
-
-    rng = np.random.default_rng(3)
-    face = rng.integers(0, 256, (48, 48, 3), dtype=np.uint8)
-    mask = np.zeros((48, 48), bool)
-    mask[12:30, 10:36] = True
-    strokes = np.full((48, 48), 255, np.uint8)
-    strokes[20, 12:34] = 0
-    model = release["model"].float()
-    try:
-        inputs = edit.prepare_arrays(face, mask, strokes, 32, "release")
-        for path in ("release", "ilat"):
-            out = edit_release_run(model, face, mask, strokes, path=path, size=32)
-            expected = edit_tensors(model, inputs.x, inputs.mask, inputs.sketch, path)
-            assert np.array_equal(out["result"], ((expected.image[0].clamp(-1, 1) + 1) * 127.5).round()
-                                  .to(torch.uint8).permute(1, 2, 0).numpy()), path
-            assert np.array_equal(out["sketch"].astype(np.float32) / 127.5 - 1, inputs.sketch[0, 0].numpy())
-    finally:
-        release["model"].double()
